@@ -1,0 +1,7 @@
+"""lightning-prune: learned filter pruning for PyTorch Lightning that physically shrinks the model."""
+
+from lightning_prune.callback import RLPruneCallback
+from lightning_prune.module import ImageClassifier
+
+__all__ = ["ImageClassifier", "RLPruneCallback"]
+__version__ = "0.1.0"

@@ -1,0 +1,363 @@
+"""`RLPruneCallback`: learned, layer-by-layer filter pruning between fine-tuning epochs."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from lightning_prune import surgery, tracking
+from lightning_prune.measure import model_cost
+from lightning_prune.policy import LayerSearch, min_keep_count
+from lightning_prune.reward import REWARDS
+from lightning_prune.scoring import CandidateScorer
+
+
+class RLPruneCallback(Callback):
+    """Prune convolution filters layer by layer with a learned agent per layer (Huang et al., 2018).
+
+    At each pruning point the agent of the next channel group (lowest first) samples `num_samples` keep/remove
+    masks over the group's filters, scores each on `reward_batches` batches of the validation split, and is
+    updated by REINFORCE; after `agent_updates` updates its most likely mask is applied by physically removing
+    the filters (and every coupled tensor), and training fine-tunes for `finetune_epochs` epochs before the
+    next group. Epochs after the last group are final fine-tuning.
+
+    The reward is `(1 - (p* - p) / b) * log(N / kept)` where `p*` is the validation accuracy (points) of the
+    unpruned model before pruning began and `p` that of the candidate: `b` is the accuracy drop the whole
+    network may lose, in percentage points.
+
+    Args:
+        b: allowed accuracy drop of the whole network in percentage points (> 0).
+        layers: layer names or fnmatch patterns selecting the groups to prune, in this order (None: every
+            prunable convolution group, lowest first). See the error message of a bad name for the choices.
+        start_epoch: epoch before which the first group is pruned (0 prunes the model as given).
+        finetune_epochs: training epochs between two pruned groups (0 prunes all groups at `start_epoch`).
+        num_samples: masks sampled per agent update (K).
+        agent_updates: policy-gradient updates per group.
+        reward_batches: validation batches each candidate is scored on.
+        reward: "huang" (logarithmic efficiency term) or "yang" (linear, N / kept).
+        min_keep: filters every group keeps: a count (int >= 1) or a fraction of the group (float in (0, 1]).
+        agent_lr: Adam learning rate of the agents.
+        entropy_coef: entropy bonus weight in the agents' loss.
+        init_keep: keep probability of every filter before the first update.
+        cache: score candidates by running only the part of the network after the cached prefix.
+        max_cache_mb: memory bound of that cache; above it the full forward is used.
+        monitor: the logged validation accuracy metric (points) reported as baseline and final accuracy.
+        seed: seeds agents and sampling; the same seed gives the same decisions.
+
+    Example::
+
+        trainer = Trainer(max_epochs=30, callbacks=[RLPruneCallback(b=1.0, start_epoch=5, finetune_epochs=1)])
+        trainer.fit(ImageClassifier("vgg16", model_kwargs={"width": 0.25}), datamodule=dm)
+    """
+
+    def __init__(
+        self,
+        b: float = 1.0,
+        layers: list[str] | None = None,
+        start_epoch: int = 0,
+        finetune_epochs: int = 1,
+        num_samples: int = 8,
+        agent_updates: int = 10,
+        reward_batches: int = 2,
+        reward: Literal["huang", "yang"] = "huang",
+        min_keep: int | float = 0.1,
+        agent_lr: float = 0.05,
+        entropy_coef: float = 0.0,
+        init_keep: float = 0.9,
+        cache: bool = True,
+        max_cache_mb: float = 1024.0,
+        monitor: str = "val_acc",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        checks = [
+            (b > 0, f"b={b} must be > 0: it is the accuracy drop (percentage points) the network may lose"),
+            (num_samples >= 1, f"num_samples={num_samples} must be >= 1 (masks sampled per agent update)"),
+            (agent_updates >= 1, f"agent_updates={agent_updates} must be >= 1"),
+            (reward_batches >= 1, f"reward_batches={reward_batches} must be >= 1"),
+            (start_epoch >= 0, f"start_epoch={start_epoch} must be >= 0"),
+            (finetune_epochs >= 0, f"finetune_epochs={finetune_epochs} must be >= 0"),
+            (reward in REWARDS, f"reward={reward!r} is unknown: use one of {sorted(REWARDS)}"),
+            (0 < init_keep < 1, f"init_keep={init_keep} must be in (0, 1)"),
+            (agent_lr > 0, f"agent_lr={agent_lr} must be > 0"),
+            (entropy_coef >= 0, f"entropy_coef={entropy_coef} must be >= 0"),
+            (max_cache_mb >= 0, f"max_cache_mb={max_cache_mb} must be >= 0"),
+            (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
+        ]
+        if isinstance(min_keep, bool) or not (
+            (isinstance(min_keep, int) and min_keep >= 1) or (isinstance(min_keep, float) and 0 < min_keep <= 1)
+        ):
+            checks.append((False, f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
+        for ok, message in checks:
+            if not ok:
+                raise MisconfigurationException(f"RLPruneCallback: {message}")
+        self.b = float(b)
+        self.layers = list(layers) if layers is not None else None
+        self.start_epoch = start_epoch
+        self.finetune_epochs = finetune_epochs
+        self.num_samples = num_samples
+        self.agent_updates = agent_updates
+        self.reward_batches = reward_batches
+        self.reward = reward
+        self.min_keep = min_keep
+        self.agent_lr = agent_lr
+        self.entropy_coef = entropy_coef
+        self.init_keep = init_keep
+        self.cache = cache
+        self.max_cache_mb = max_cache_mb
+        self.monitor = monitor
+        self.seed = seed
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.groups: list[str] = []
+        self.done = 0
+        self.p_star: float | None = None
+        self.baseline: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.last_search: dict[str, Any] | None = None
+        self._pending_rng: dict[str, Any] | None = None
+        self._monitor_checked = False
+
+    # -- hyper-parameters as plain data (loggers' run config) --------------------------------------------
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        keys = (
+            "b", "layers", "start_epoch", "finetune_epochs", "num_samples", "agent_updates", "reward_batches",
+            "reward", "min_keep", "agent_lr", "entropy_coef", "init_keep", "cache", "max_cache_mb", "monitor",
+            "seed",
+        )  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
+    # -- setup: every check before any training time is spent ---------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not (hasattr(pl_module, "plan") and hasattr(pl_module, "prune") and hasattr(pl_module, "model")):
+            raise MisconfigurationException(
+                "RLPruneCallback needs a `lightning_prune.ImageClassifier` (or a subclass): it records the "
+                f"pruning plan in the module's checkpoint. Got {type(pl_module).__name__}; wrap your network "
+                "as `ImageClassifier(model=your_network, num_classes=...)`."
+            )
+        model = pl_module.model
+        inputs = surgery.example_input(model, pl_module.plan.input_shape)
+        graph = surgery.build_graph(model, inputs)
+        groups = surgery.channel_groups(model, graph, inputs)
+        if not groups:
+            raise MisconfigurationException(
+                f"RLPruneCallback: {type(model).__name__} has no prunable convolution channels (no Conv2d whose "
+                "output feeds another layer). Use a convolutional network."
+            )
+        if not self.groups:  # a resumed run keeps the groups it started with
+            try:
+                chosen = surgery.select_groups(groups, self.layers)
+            except ValueError as err:
+                raise MisconfigurationException(f"RLPruneCallback: {err}") from err
+            self.groups = [g.name for g in chosen]
+            sizes = {g.name: g.size for g in chosen}
+            if isinstance(self.min_keep, int):
+                small = {n: s for n, s in sizes.items() if s <= self.min_keep}
+                if small:
+                    raise MisconfigurationException(
+                        f"RLPruneCallback: min_keep={self.min_keep} leaves nothing to prune in {small} "
+                        "(layer: filters); lower min_keep or pass it as a fraction such as 0.1"
+                    )
+        needed = self.start_epoch + max(len(self.groups) * self.finetune_epochs, 1)
+        if trainer.max_epochs is not None and 0 <= trainer.max_epochs < needed:
+            raise MisconfigurationException(
+                f"RLPruneCallback: the schedule needs max_epochs >= {needed} (start_epoch={self.start_epoch} + "
+                f"{len(self.groups)} layers x finetune_epochs={self.finetune_epochs}), got "
+                f"max_epochs={trainer.max_epochs}. Raise max_epochs, or lower finetune_epochs / select fewer layers."
+            )
+
+    def _check_monitor(self, trainer: pl.Trainer) -> None:
+        if self._monitor_checked:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+            raise MisconfigurationException(
+                f"RLPruneCallback: monitor={self.monitor!r} is not logged during validation. Logged metrics: "
+                f"{logged}. Set `monitor` to the validation accuracy in percentage points."
+            )
+        self._monitor_checked = True
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_monitor(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check_monitor(trainer)
+
+    # -- schedule ------------------------------------------------------------------------------------------
+
+    def _epoch_of(self, k: int) -> int:
+        return self.start_epoch + k * self.finetune_epochs
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending_rng is not None:
+            _set_rng(self._pending_rng)
+            self._pending_rng = None
+        while self.done < len(self.groups) and self._epoch_of(self.done) <= trainer.current_epoch:
+            self._prune_group(trainer, pl_module, self.groups[self.done])
+            self.done += 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.baseline is None:
+            return
+        final = {**self._cost(pl_module), "val_acc": _metric(trainer, self.monitor)}
+        summary = {"b": self.b, "baseline": self.baseline, "final": final, "layers": self.history}
+        tracking.write_summary(trainer, summary)
+
+    # -- one pruning point -----------------------------------------------------------------------------------
+
+    def _cost(self, pl_module: pl.LightningModule) -> dict[str, int]:
+        model = pl_module.model
+        return model_cost(model, surgery.example_input(model, pl_module.plan.input_shape)).as_dict()
+
+    def _prune_group(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
+        model = pl_module.model
+        inputs = surgery.example_input(model, pl_module.plan.input_shape)
+        graph = surgery.build_graph(model, inputs)
+        maps = surgery.output_channel_maps(model, graph, name)
+        weight = model.get_submodule(name).weight
+        size = weight.shape[0]
+        search = LayerSearch(
+            weight,
+            min_keep_count(self.min_keep, size),
+            seed=self.seed + len(self.history),
+            lr=self.agent_lr,
+            entropy_coef=self.entropy_coef,
+            init_keep=self.init_keep,
+        )
+        reward_fn = REWARDS[self.reward]
+        batches = _reward_batches(trainer, pl_module, self.reward_batches)
+        cost_before = self._cost(pl_module)
+        with CandidateScorer(
+            model, maps, batches, trainer.precision_plugin.forward_context, self.cache, self.max_cache_mb
+        ) as scorer:
+            if self.p_star is None:
+                self.p_star = scorer.accuracy()
+                self.baseline = {**cost_before, "val_acc": _metric(trainer, self.monitor, self.p_star)}
+            step_stats = []
+            for update in range(self.agent_updates):
+                masks = search.sample(self.num_samples)
+                accs = _score_shared(trainer, pl_module, scorer, masks)
+                kept = masks.sum(1).tolist()
+                rewards = torch.tensor(
+                    [reward_fn(self.p_star, a, self.b, size, k) for a, k in zip(accs, kept, strict=True)]
+                )
+                search.update(masks, rewards)
+                step_stats.append((float(rewards.mean()), float(rewards.max())))
+                tracking.log_update(trainer, name, len(self.history), update, rewards, search.probs())
+            keep = trainer.strategy.broadcast(search.decision(), src=0)
+            decision_acc = scorer.accuracy(keep)
+        removed = (~keep).nonzero().flatten().tolist()
+        if removed:
+            pl_module.prune(name, removed, graph, trainer.optimizers)
+            if isinstance(trainer.strategy.model, DistributedDataParallel):
+                trainer.strategy.model = pl_module
+                trainer.strategy.configure_ddp()
+        cost = self._cost(pl_module)
+        record = {
+            "index": len(self.history),
+            "name": name,
+            "before": size,
+            "after": size - len(removed),
+            "decision_acc": decision_acc,
+            "reward_mean": step_stats[-1][0],
+            "reward_best": max(best for _, best in step_stats),
+            "keep_probs": [round(p, 4) for p in search.probs().tolist()],
+            **cost,
+        }
+        self.history.append(record)
+        self.last_search = {"name": name, **search.state_dict()}
+        tracking.log_layer(trainer, pl_module, record, self.baseline, len(self.groups), self.p_star, self.b)
+
+    # -- resumable state -------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "groups": self.groups,
+            "done": self.done,
+            "p_star": self.p_star,
+            "baseline": self.baseline,
+            "history": self.history,
+            "last_search": self.last_search,
+            "rng": _get_rng(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.groups = list(state_dict["groups"])
+        self.done = int(state_dict["done"])
+        self.p_star = state_dict["p_star"]
+        self.baseline = state_dict["baseline"]
+        self.history = list(state_dict["history"])
+        self.last_search = state_dict.get("last_search")
+        self._pending_rng = state_dict.get("rng")
+
+
+# -- helpers: data, distribution, logging ------------------------------------------------------------------
+
+
+def _metric(trainer: pl.Trainer, key: str, default: float | None = None) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return float(value) if value is not None else default
+
+
+def _reward_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int) -> list:
+    """The first `count` batches of the validation split, identical on every rank (no distributed sampler)."""
+    loaders = trainer.val_dataloaders
+    if loaders is None:
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    if not isinstance(loader, DataLoader):
+        raise MisconfigurationException(
+            "RLPruneCallback scores candidates on the validation split: give the Trainer a validation "
+            "dataloader held out from the training data (never the test split)."
+        )
+    sequential = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
+    batches = []
+    for i, (x, y) in enumerate(sequential):
+        if i == count:
+            break
+        x = trainer.precision_plugin.convert_input(x.to(pl_module.device))
+        batches.append((x, y.to(pl_module.device)))
+    return batches
+
+
+def _score_shared(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, scorer: CandidateScorer, masks: torch.Tensor
+) -> list[float]:
+    """Each rank scores its share of the masks; the accuracies are summed across ranks."""
+    accs = torch.zeros(len(masks), dtype=torch.float64, device=pl_module.device)
+    for i in range(trainer.global_rank, len(masks), trainer.world_size):
+        accs[i] = scorer.accuracy(masks[i])
+    if trainer.world_size > 1:
+        accs = trainer.strategy.reduce(accs, reduce_op="sum")
+    return accs.tolist()
+
+
+def _get_rng() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

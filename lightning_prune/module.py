@@ -1,0 +1,152 @@
+"""`ImageClassifier`: a LightningModule around any image-to-logits network, carrying its pruning plan."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_prune import surgery
+from lightning_prune.models import build_model
+from lightning_prune.plan import PruningPlan
+
+
+class ImageClassifier(pl.LightningModule):
+    """Cross-entropy classifier whose accuracy is logged in percentage points (`train_acc`, `val_acc`, `test_acc`).
+
+    The pruning plan (which channels were removed) is part of the module's state dict, so a checkpoint of a
+    pruned model loads into a freshly built, unpruned one: `ImageClassifier.load_from_checkpoint(path)`,
+    `Trainer.fit(ckpt_path=...)` and a plain `load_state_dict` all rebuild the pruned shapes first.
+
+    Args:
+        model: a built-in or torchvision model name (see `lightning_prune.models.build_model`), or any
+            `nn.Module` mapping images to logits (then pass `model=` again to `load_from_checkpoint`).
+        num_classes: number of classes.
+        in_channels: image channels (1 for grayscale).
+        image_size: side of the square input images; used to trace the model.
+        model_kwargs: extra arguments for `build_model` (e.g. `{"width": 0.25}`).
+        optimizer: "sgd" (with Nesterov momentum), "adam" or "adamw".
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        scheduler: "cosine" (over `max_epochs`), "step" (x0.1 at 50% and 75% of `max_epochs`) or "none".
+        label_smoothing: cross-entropy label smoothing.
+
+    Example::
+
+        model = ImageClassifier("vgg16", num_classes=10, model_kwargs={"width": 0.25})
+        Trainer(max_epochs=30, callbacks=[RLPruneCallback(b=1.0)]).fit(model, datamodule=dm)
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = "vgg16",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        model_kwargs: dict[str, Any] | None = None,
+        optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        scheduler: Literal["cosine", "step", "none"] = "cosine",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer={optimizer!r} is not supported: use 'sgd', 'adam' or 'adamw'")
+        if scheduler not in ("cosine", "step", "none"):
+            raise ValueError(f"scheduler={scheduler!r} is not supported: use 'cosine', 'step' or 'none'")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        if isinstance(model, str):
+            model = build_model(model, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {}))
+        self.model = model
+        self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
+        self.plan = PruningPlan(input_shape=[1, in_channels, image_size, image_size])
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        getattr(self, f"{stage}_acc").update(logits.detach(), y)
+        self.log(f"{stage}_loss", loss, prog_bar=stage == "train", sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_accuracy(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_acc")
+        self.log(f"{stage}_acc", metric.compute() * 100.0, prog_bar=True)
+        metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_accuracy("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.momentum > 0
+            )
+        else:
+            cls = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
+            opt = cls(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        if hp.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        elif hp.scheduler == "step":
+            milestones = [max(1, epochs // 2), max(2, epochs * 3 // 4)]
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        else:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # -- pruning plan --------------------------------------------------------------------------------------
+
+    def prune(self, name: str, idxs: list[int], graph: Any = None, optimizers: list | tuple = ()) -> None:
+        """Physically remove output channels `idxs` of layer `name` (and every coupled tensor); record the step."""
+        inputs = surgery.example_input(self.model, self.plan.input_shape)
+        graph = graph if graph is not None else surgery.build_graph(self.model, inputs)
+        self.plan.steps.append(surgery.prune_step(self.model, graph, [name, True, list(idxs)], optimizers))
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return self.plan.state()
+
+    def set_extra_state(self, state: Any) -> None:
+        """Rebuild the saved pruned shapes before the weights are loaded (called first by `load_state_dict`)."""
+        target = PruningPlan.from_state(state)
+        if target.input_shape[1:] != self.plan.input_shape[1:]:
+            raise ValueError(
+                f"The checkpoint's model was traced with input shape {target.input_shape[1:]} but this module "
+                f"expects {self.plan.input_shape[1:]}: build it with the same in_channels and image_size"
+            )
+        todo = self.plan.pending(target)
+        if todo:
+            surgery.replay(self.model, todo, surgery.example_input(self.model, target.input_shape))
+        self.plan = target

@@ -1,0 +1,152 @@
+"""Per-layer pruning agents (Huang et al. 2018) and their REINFORCE update.
+
+An agent reads a layer's filter weights (one row per filter, standardised over the layer) and outputs a keep
+probability per filter. Each update samples K keep/remove masks, receives one reward per mask, and takes a
+policy-gradient step with the mean reward of the K samples as baseline (optionally with an entropy bonus).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def filter_features(weight: torch.Tensor) -> torch.Tensor:
+    """Filters as rows (N x C*k*k), standardised over the whole layer, on the CPU in float32."""
+    rows = weight.detach().flatten(1).float().cpu()
+    return (rows - rows.mean()) / (rows.std() + 1e-8)
+
+
+def min_keep_count(min_keep: int | float, n: int) -> int:
+    """Filters that must stay: `min_keep` as a count (int >= 1) or a fraction of `n` (float in (0, 1])."""
+    count = math.ceil(min_keep * n) if isinstance(min_keep, float) else int(min_keep)
+    return min(max(count, 1), n)
+
+
+class LayerAgent(nn.Module):
+    """Maps each filter's weights to its keep probability.
+
+    Args:
+        in_features: weights per filter (C*k*k).
+        hidden: hidden units of the two-layer network.
+        init_keep: keep probability of every filter before any update.
+    """
+
+    def __init__(self, in_features: int, hidden: int = 64, init_keep: float = 0.9) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.constant_(self.net[2].bias, math.log(init_keep / (1 - init_keep)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(features).squeeze(-1))
+
+
+def sample_masks(probs: torch.Tensor, k: int, generator: torch.Generator, min_keep: int) -> torch.Tensor:
+    """K boolean keep-masks drawn from `probs`; where a draw keeps fewer than `min_keep`, the most likely
+    removed filters are kept as well."""
+    masks = torch.rand(k, probs.numel(), generator=generator) < probs.detach()
+    order = torch.argsort(probs.detach(), descending=True)[:min_keep]
+    short = masks.sum(1) < min_keep
+    masks[short.nonzero().squeeze(1)[:, None], order[None, :]] = True
+    return masks
+
+
+def log_prob(probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each mask (rows) under independent Bernoulli keep probabilities."""
+    p = probs.clamp(1e-6, 1 - 1e-6)
+    return torch.where(masks, p.log(), (1 - p).log()).sum(-1)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean Bernoulli entropy of the keep probabilities."""
+    p = probs.clamp(1e-6, 1 - 1e-6)
+    return -(p * p.log() + (1 - p) * (1 - p).log()).mean()
+
+
+def reinforce_loss(
+    probs: torch.Tensor, masks: torch.Tensor, rewards: torch.Tensor, entropy_coef: float = 0.0
+) -> torch.Tensor:
+    """REINFORCE with the mean reward of the samples as baseline (advantages scaled by their spread)."""
+    advantage = rewards - rewards.mean()
+    if rewards.numel() > 1 and advantage.abs().max() > 0:
+        advantage = advantage / (advantage.std() + 1e-8)
+    return -(advantage * log_prob(probs, masks)).mean() - entropy_coef * entropy(probs)
+
+
+def most_likely_mask(probs: torch.Tensor, min_keep: int) -> torch.Tensor:
+    """The decision: keep filters with probability >= 0.5, and always the `min_keep` most likely ones."""
+    keep = probs.detach() >= 0.5
+    keep[torch.argsort(probs.detach(), descending=True)[:min_keep]] = True
+    return keep
+
+
+class LayerSearch:
+    """The agent of one layer with its optimizer and random stream: sample, update, decide, save, resume.
+
+    Args:
+        weight: the layer's filter weights (N x C x k x k).
+        min_keep: filters that every sample and the decision keep.
+        seed: seeds the sampling stream and the agent's initial weights.
+        lr: Adam learning rate of the agent.
+        entropy_coef: weight of the entropy bonus.
+        init_keep: initial keep probability.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        min_keep: int,
+        seed: int,
+        lr: float = 0.05,
+        entropy_coef: float = 0.0,
+        init_keep: float = 0.9,
+    ) -> None:
+        self.features = filter_features(weight)
+        self.min_keep = min_keep
+        self.entropy_coef = entropy_coef
+        self.generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.agent = LayerAgent(self.features.shape[1], init_keep=init_keep)
+        self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=lr)
+        self.updates = 0
+
+    @property
+    def size(self) -> int:
+        return self.features.shape[0]
+
+    def probs(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.agent(self.features)
+
+    def sample(self, k: int) -> torch.Tensor:
+        return sample_masks(self.probs(), k, self.generator, self.min_keep)
+
+    def update(self, masks: torch.Tensor, rewards: torch.Tensor) -> None:
+        with torch.enable_grad(), torch.inference_mode(False):
+            loss = reinforce_loss(self.agent(self.features), masks, rewards.float(), self.entropy_coef)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        self.updates += 1
+
+    def decision(self) -> torch.Tensor:
+        return most_likely_mask(self.probs(), self.min_keep)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.updates = int(state["updates"])
