@@ -1,0 +1,289 @@
+"""b-sweep: RLPruneCallback at several accuracy budgets b against rule-based pruning at the same MACs.
+
+One baseline is trained (or loaded) once; every method then starts from that checkpoint and gets the same
+fine-tuning budget (`--finetune-epochs`). RL runs prune layer by layer inside that budget; rule-based methods
+(L1-norm ranking with a uniform per-layer ratio, random filters, torch-pruning's global magnitude ranking) prune
+once, to the MACs the RL run at the same b reached, and fine-tune for the whole budget. The reward uses the
+validation split held out from the training data; the reported accuracy is the final epoch's test accuracy;
+params and MACs come from one counter (`lightning_prune.measure.model_cost`).
+
+Each finished run is written to the results JSON as it completes and skipped on a rerun, so a sweep can span
+several sittings. Example (CPU, the complete Fashion-MNIST):
+
+    python benchmarks/bsweep.py --model vgg16 --width 0.25 --dataset fashion-mnist \\
+        --data-dir ../shared/data/fashion-mnist --baseline-epochs 20 --finetune-epochs 16 \\
+        --output benchmarks/results/vgg16w025_fashion_mnist.json
+    python benchmarks/bsweep.py --report benchmarks/results/vgg16w025_fashion_mnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch_pruning as tp
+
+from lightning_prune import ImageClassifier, RLPruneCallback, surgery
+from lightning_prune.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    EmbeddedFashionMNISTDataModule,
+    FashionMNISTDataModule,
+)
+from lightning_prune.measure import latency_ms, model_cost
+
+RULE_BASED = ("l1_uniform", "random", "magnitude_global")
+
+
+def datamodule(args: argparse.Namespace) -> pl.LightningDataModule:
+    common = {"batch_size": args.batch_size, "seed": args.seed}
+    if args.dataset == "embedded":
+        return EmbeddedFashionMNISTDataModule(**common)
+    cls = {"fashion-mnist": FashionMNISTDataModule, "cifar10": CIFAR10DataModule, "cifar100": CIFAR100DataModule}
+    return cls[args.dataset](data_dir=args.data_dir, **common)
+
+
+def trainer(args: argparse.Namespace, epochs: int, callbacks: list, name: str) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator=args.accelerator,
+        precision=args.precision,
+        callbacks=callbacks,
+        logger=pl.loggers.CSVLogger(args.work, name=name),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=args.limit_train_batches,
+        num_sanity_val_steps=0,
+    )
+
+
+def measure(module: ImageClassifier, args: argparse.Namespace) -> dict[str, Any]:
+    model = module.model.cpu()
+    x = surgery.example_input(model, module.plan.input_shape)
+    cost = model_cost(model, x)
+    with torch.no_grad():
+        latency = latency_ms(model, x.repeat(64, 1, 1, 1), repeats=args.latency_repeats)
+    return {"macs": cost.macs, "params": cost.params, "latency_ms": latency}
+
+
+def test_accuracy(t: pl.Trainer, module: ImageClassifier, dm: pl.LightningDataModule) -> float:
+    return float(t.test(module, datamodule=dm, verbose=False)[0]["test_acc"])
+
+
+def train_baseline(args: argparse.Namespace, dm: pl.LightningDataModule, path: Path) -> dict[str, Any]:
+    if not path.exists():
+        pl.seed_everything(args.seed)
+        module = ImageClassifier(
+            args.model,
+            num_classes=dm.num_classes,
+            in_channels=dm.in_channels,
+            model_kwargs={"width": args.width},
+            lr=args.lr,
+        )
+        t = trainer(args, args.baseline_epochs, [], "baseline")
+        t.fit(module, datamodule=dm)
+        t.save_checkpoint(path)
+    module = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+    acc = test_accuracy(trainer(args, 1, [], "baseline_test"), module, dm)
+    return {"test_acc": acc, **{k: v for k, v in measure(module, args).items() if k != "latency_ms"}}
+
+
+class TimedRLPrune(RLPruneCallback):
+    """RLPruneCallback that adds up the wall time of its pruning points (agent search and surgery)."""
+
+    search_s = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
+        super().on_train_epoch_start(trainer, pl_module)
+        self.search_s += time.perf_counter() - start
+
+
+def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: float) -> dict[str, Any]:
+    pl.seed_everything(args.seed)
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", lr=args.finetune_lr)
+    callback = TimedRLPrune(
+        b=b,
+        start_epoch=0,
+        finetune_epochs=args.epochs_per_layer,
+        agent_updates=args.agent_updates,
+        num_samples=args.num_samples,
+        reward_batches=args.reward_batches,
+        seed=args.seed,
+    )
+    t = trainer(args, args.finetune_epochs, [callback], f"rl_b{b}")
+    t.fit(module, datamodule=dm)
+    acc = test_accuracy(t, module, dm)
+    return {"method": "rl", "b": b, "test_acc": acc, **measure(module, args), "search_s": callback.search_s}
+
+
+def prune_rule_based(module: ImageClassifier, method: str, ratio: float, seed: int) -> None:
+    """Prune `module.model` once with a torch-pruning rule at `ratio`, recording the steps in its plan."""
+    model = module.model
+    x = surgery.example_input(model, module.plan.input_shape)
+    graph = surgery.build_graph(model, x)
+    groups = surgery.channel_groups(model, graph, x)
+    prunable = {m for g in groups for m in g.members}
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    ignored = [m for n, m in model.named_modules() if isinstance(m, layers) and n not in prunable]
+    torch.manual_seed(seed)
+    importance = {
+        "l1_uniform": tp.importance.MagnitudeImportance(p=1),
+        "random": tp.importance.RandomImportance(),
+        "magnitude_global": tp.importance.MagnitudeImportance(p=2),
+    }[method]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=importance,
+        global_pruning=method == "magnitude_global",
+        pruning_ratio=ratio,
+        max_pruning_ratio=0.95,
+        ignored_layers=ignored,
+    )
+    with surgery.preserved_modes(model):
+        pruner.step()
+    module.plan.steps.extend([list(s) for s in pruner.DG.pruning_history()])
+
+
+def match_macs(base: Path, method: str, target_macs: int, seed: int) -> float:
+    """The pruning ratio at which `method` reaches `target_macs` (bisection, within 1%)."""
+    low, high = 0.0, 0.95
+    for _ in range(14):
+        mid = (low + high) / 2
+        module = ImageClassifier.load_from_checkpoint(base, map_location="cpu")
+        prune_rule_based(module, method, mid, seed)
+        macs = model_cost(module.model, surgery.example_input(module.model, module.plan.input_shape)).macs
+        if abs(macs - target_macs) <= 0.01 * target_macs:
+            return mid
+        low, high = (mid, high) if macs > target_macs else (low, mid)
+    return (low + high) / 2
+
+
+def run_rule_based(
+    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, method: str, b: float, target_macs: int
+) -> dict[str, Any]:
+    ratio = match_macs(base, method, target_macs, args.seed)
+    pl.seed_everything(args.seed)
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", lr=args.finetune_lr)
+    start = time.perf_counter()
+    prune_rule_based(module, method, ratio, args.seed)
+    search_s = time.perf_counter() - start
+    t = trainer(args, args.finetune_epochs, [], f"{method}_b{b}")
+    t.fit(module, datamodule=dm)
+    acc = test_accuracy(t, module, dm)
+    return {"method": method, "b": b, "ratio": ratio, "test_acc": acc, **measure(module, args), "search_s": search_s}
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    dm = datamodule(args)
+    base = Path(args.work) / "baseline.ckpt"
+    results.setdefault("model", f"{args.model} (width {args.width})")
+    results.setdefault("dataset", args.dataset)
+    results.setdefault("protocol", vars(args))
+    if "baseline" not in results:
+        results["baseline"] = train_baseline(args, dm, base)
+        out.write_text(json.dumps(results, indent=2))
+    runs = results.setdefault("runs", [])
+
+    def done(method: str, b: float) -> dict[str, Any] | None:
+        return next((r for r in runs if r["method"] == method and r["b"] == b and r["seed"] == args.seed), None)
+
+    for b in args.b:
+        rl = done("rl", b)
+        if rl is None:
+            rl = {**run_rl(args, dm, base, b), "seed": args.seed}
+            runs.append(rl)
+            out.write_text(json.dumps(results, indent=2))
+        for method in args.methods:
+            if done(method, b) is None:
+                runs.append({**run_rule_based(args, dm, base, method, b, rl["macs"]), "seed": args.seed})
+                out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def report(path: Path) -> str:
+    """Markdown table and an accuracy-vs-MACs plot (PNG beside the JSON) of a results file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = json.loads(path.read_text())
+    base = results["baseline"]
+    lines = [
+        f"Model {results['model']}, dataset {results['dataset']}; baseline test acc {base['test_acc']:.2f}, "
+        f"{base['macs'] / 1e6:.1f} M MACs, {base['params'] / 1e6:.2f} M params.",
+        "",
+        "| method | b | test acc | drop | MACs (M) | MACs removed | params (M) | latency b=64 (ms) | search (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in results["runs"]):
+        rows = sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["macs"])
+        ax.plot([r["macs"] / 1e6 for r in rows], [r["test_acc"] for r in rows], "o-", label=method)
+    for r in sorted(results["runs"], key=lambda r: (r["b"] if r["b"] is not None else -1, r["method"] != "rl")):
+        lines.append(
+            f"| {r['method']} | {r['b']} | {r['test_acc']:.2f} | {base['test_acc'] - r['test_acc']:.2f} | "
+            f"{r['macs'] / 1e6:.1f} | {100 * (1 - r['macs'] / base['macs']):.1f}% | {r['params'] / 1e6:.2f} | "
+            f"{r['latency_ms']:.1f} | {r['search_s']:.0f} |"
+        )
+    ax.axhline(base["test_acc"], color="gray", linestyle="--", label="unpruned")
+    ax.set_xlabel("MACs (M)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=120)
+    lines += ["", f"![accuracy vs MACs]({png.name})"]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--report", type=Path, help="print the Markdown table of a results JSON and write its plot")
+    p.add_argument("--model", default="vgg16")
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10", "cifar100", "embedded"])
+    p.add_argument("--data-dir", default="../shared/data/fashion-mnist")
+    p.add_argument("--b", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0])
+    p.add_argument("--methods", nargs="*", default=list(RULE_BASED), choices=RULE_BASED)
+    p.add_argument("--baseline-epochs", type=int, default=20)
+    p.add_argument("--finetune-epochs", type=int, default=16)
+    p.add_argument("--epochs-per-layer", type=int, default=1)
+    p.add_argument("--agent-updates", type=int, default=10)
+    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--reward-batches", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit-train-batches", type=float, default=1.0)
+    p.add_argument("--latency-repeats", type=int, default=10)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--precision", default="32-true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="benchmarks/work/bsweep")
+    p.add_argument("--output", default="benchmarks/results/bsweep.json")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.report:
+        print(report(args.report))
+        return
+    print(json.dumps(sweep(args), indent=2))
+
+
+if __name__ == "__main__":
+    main()
