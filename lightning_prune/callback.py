@@ -9,12 +9,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from lightning_prune import surgery, tracking
 from lightning_prune.measure import model_cost
+from lightning_prune.module import ImageClassifier
 from lightning_prune.policy import LayerSearch, min_keep_count
 from lightning_prune.reward import REWARDS
 from lightning_prune.scoring import CandidateScorer
@@ -143,12 +146,13 @@ class RLPruneCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not (hasattr(pl_module, "plan") and hasattr(pl_module, "prune") and hasattr(pl_module, "model")):
+        if not isinstance(pl_module, ImageClassifier):
             raise MisconfigurationException(
                 "RLPruneCallback needs a `lightning_prune.ImageClassifier` (or a subclass): it records the "
                 f"pruning plan in the module's checkpoint. Got {type(pl_module).__name__}; wrap your network "
                 "as `ImageClassifier(model=your_network, num_classes=...)`."
             )
+        self._check_validation(trainer, pl_module)
         model = pl_module.model
         inputs = surgery.example_input(model, pl_module.plan.input_shape)
         graph = surgery.build_graph(model, inputs)
@@ -172,12 +176,39 @@ class RLPruneCallback(Callback):
                         f"RLPruneCallback: min_keep={self.min_keep} leaves nothing to prune in {small} "
                         "(layer: filters); lower min_keep or pass it as a fraction such as 0.1"
                     )
+        self._check_schedule(trainer)
+        tracking.log_hyperparams(trainer, self.hparams)
+
+    def _check_validation(self, trainer: pl.Trainer, pl_module: ImageClassifier) -> None:
+        """Candidates are scored on the validation split and `monitor` is read from validation: both must exist."""
+        if trainer.limit_val_batches == 0:
+            raise MisconfigurationException(
+                "RLPruneCallback: limit_val_batches=0 turns validation off, but candidates are scored on the "
+                "validation split and `monitor` is logged by validation. Keep limit_val_batches > 0."
+            )
+        _validation_loader(trainer)
+        declared = _declared_metrics(trainer, pl_module)
+        if declared is not None and self.monitor not in declared:
+            raise MisconfigurationException(
+                f"RLPruneCallback: monitor={self.monitor!r} is never logged: {type(pl_module).__name__}'s "
+                f"validation logs {', '.join(declared)}. Set `monitor` to the validation accuracy in percentage "
+                "points (monitor='val_acc')."
+            )
+
+    def _check_schedule(self, trainer: pl.Trainer) -> None:
         needed = self.start_epoch + max(len(self.groups) * self.finetune_epochs, 1)
-        if trainer.max_epochs is not None and 0 <= trainer.max_epochs < needed:
+        if trainer.fast_dev_run:
+            if needed > 1:
+                rank_zero_warn(
+                    f"RLPruneCallback: fast_dev_run runs one epoch, so only the layers scheduled at epoch 0 are "
+                    f"pruned (the full schedule needs {needed} epochs)."
+                )
+        elif trainer.max_epochs is not None and 0 <= trainer.max_epochs < needed:
             raise MisconfigurationException(
                 f"RLPruneCallback: the schedule needs max_epochs >= {needed} (start_epoch={self.start_epoch} + "
                 f"{len(self.groups)} layers x finetune_epochs={self.finetune_epochs}), got "
-                f"max_epochs={trainer.max_epochs}. Raise max_epochs, or lower finetune_epochs / select fewer layers."
+                f"max_epochs={trainer.max_epochs}. Raise max_epochs to {needed}, or lower start_epoch / "
+                "finetune_epochs / select fewer layers."
             )
 
     def _check_monitor(self, trainer: pl.Trainer) -> None:
@@ -195,7 +226,7 @@ class RLPruneCallback(Callback):
         self._check_monitor(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._check_monitor(trainer)
 
     # -- schedule ------------------------------------------------------------------------------------------
@@ -217,6 +248,7 @@ class RLPruneCallback(Callback):
         final = {**self._cost(pl_module), "val_acc": _metric(trainer, self.monitor)}
         summary = {"b": self.b, "baseline": self.baseline, "final": final, "layers": self.history}
         tracking.write_summary(trainer, summary)
+        tracking.log_final(trainer, summary)
 
     # -- one pruning point -----------------------------------------------------------------------------------
 
@@ -242,9 +274,12 @@ class RLPruneCallback(Callback):
         reward_fn = REWARDS[self.reward]
         batches = _reward_batches(trainer, pl_module, self.reward_batches)
         cost_before = self._cost(pl_module)
-        with CandidateScorer(
-            model, maps, batches, trainer.precision_plugin.forward_context, self.cache, self.max_cache_mb
-        ) as scorer:
+        with (
+            CandidateScorer(
+                model, maps, batches, trainer.precision_plugin.forward_context, self.cache, self.max_cache_mb
+            ) as scorer,
+            tracking.SearchTracker(trainer, name, len(self.history), len(self.groups), self.agent_updates) as track,
+        ):
             if self.p_star is None:
                 self.p_star = scorer.accuracy()
                 self.baseline = {**cost_before, "val_acc": _metric(trainer, self.monitor, self.p_star)}
@@ -258,7 +293,7 @@ class RLPruneCallback(Callback):
                 )
                 search.update(masks, rewards)
                 step_stats.append((float(rewards.mean()), float(rewards.max())))
-                tracking.log_update(trainer, name, len(self.history), update, rewards, search.probs())
+                track.update(update, rewards, search.probs())
             keep = trainer.strategy.broadcast(search.decision(), src=0)
             decision_acc = scorer.accuracy(keep)
         removed = (~keep).nonzero().flatten().tolist()
@@ -297,6 +332,12 @@ class RLPruneCallback(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        missing = [k for k in ("groups", "done", "p_star", "baseline", "history") if k not in state_dict]
+        if missing:
+            raise ValueError(
+                f"The checkpoint's RLPruneCallback state lacks {missing}: it was not saved by this callback. "
+                "Resume from a checkpoint of an RLPruneCallback run, or start the run without ckpt_path."
+            )
         self.groups = list(state_dict["groups"])
         self.done = int(state_dict["done"])
         self.p_star = state_dict["p_star"]
@@ -306,7 +347,7 @@ class RLPruneCallback(Callback):
         self._pending_rng = state_dict.get("rng")
 
 
-# -- helpers: data, distribution, logging ------------------------------------------------------------------
+# -- helpers: data, distribution, random state ---------------------------------------------------------------
 
 
 def _metric(trainer: pl.Trainer, key: str, default: float | None = None) -> float | None:
@@ -314,18 +355,36 @@ def _metric(trainer: pl.Trainer, key: str, default: float | None = None) -> floa
     return float(value) if value is not None else default
 
 
-def _reward_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int) -> list:
-    """The first `count` batches of the validation split, identical on every rank (no distributed sampler)."""
-    loaders = trainer.val_dataloaders
-    if loaders is None:
-        trainer.fit_loop.epoch_loop.val_loop.setup_data()
-        loaders = trainer.val_dataloaders
+def _declared_metrics(trainer: pl.Trainer, pl_module: ImageClassifier) -> tuple[str, ...] | None:
+    """What validation logs, known before it runs: an ImageClassifier whose validation code is its own and no
+    callback from outside Lightning and this package (those may log too). None: only a validation run tells."""
+    hooks = ("validation_step", "_step", "_log_accuracy", "on_validation_epoch_end", "on_validation_batch_end")
+    if any(getattr(type(pl_module), h) is not getattr(ImageClassifier, h) for h in hooks):
+        return None
+    own = ("pytorch_lightning", "lightning", "lightning_prune")
+    if any(type(cb).__module__.split(".")[0] not in own for cb in trainer.callbacks):
+        return None
+    return ImageClassifier.validation_metrics
+
+
+def _validation_loader(trainer: pl.Trainer) -> DataLoader:
+    """The first validation dataloader the Trainer was given (datamodule, module hook or `val_dataloaders`)."""
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    loaders = source.dataloader() if source.is_defined() else None
     loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
-    if not isinstance(loader, DataLoader):
+    empty = isinstance(loader, DataLoader) and hasattr(loader.dataset, "__len__") and len(loader.dataset) == 0
+    if not isinstance(loader, DataLoader) or empty:
         raise MisconfigurationException(
-            "RLPruneCallback scores candidates on the validation split: give the Trainer a validation "
-            "dataloader held out from the training data (never the test split)."
+            "RLPruneCallback scores candidates on the validation split, but the Trainer has no validation data: "
+            "pass `val_dataloaders=` to fit (or a datamodule with val_dataloader) holding data out from training "
+            "(never the test split)."
         )
+    return loader
+
+
+def _reward_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int) -> list:
+    """The first `count` batches of the validation split read in order: the same on every rank."""
+    loader = _validation_loader(trainer)
     sequential = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
     batches = []
     for i, (x, y) in enumerate(sequential):
@@ -349,15 +408,24 @@ def _score_shared(
 
 
 def _get_rng() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Global random states as tensors, lists and numbers (a checkpoint loads with `weights_only=True`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [int(version), list(internal), gauss_next],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng(state: dict[str, Any]) -> None:
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    version, internal, gauss_next = state["python"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -13,6 +15,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_prune import surgery
 from lightning_prune.models import build_model
 from lightning_prune.plan import PruningPlan
+
+_EXTRA_STATE = "_extra_state"  # where `nn.Module` keeps `get_extra_state()` in the state dict
 
 
 class ImageClassifier(pl.LightningModule):
@@ -42,6 +46,9 @@ class ImageClassifier(pl.LightningModule):
         Trainer(max_epochs=30, callbacks=[RLPruneCallback(b=1.0)]).fit(model, datamodule=dm)
     """
 
+    #: Metrics its validation logs (the callback checks `monitor` against them before training).
+    validation_metrics: tuple[str, ...] = ("val_loss", "val_acc")
+
     def __init__(
         self,
         model: str | nn.Module = "vgg16",
@@ -69,6 +76,8 @@ class ImageClassifier(pl.LightningModule):
         self.model = model
         self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
         self.plan = PruningPlan(input_shape=[1, in_channels, image_size, image_size])
+        #: Extra training-loss term `distiller(x, logits)` (knowledge distillation, set by `DistillationCallback`).
+        self.distiller: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -82,6 +91,10 @@ class ImageClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         getattr(self, f"{stage}_acc").update(logits.detach(), y)
         self.log(f"{stage}_loss", loss, prog_bar=stage == "train", sync_dist=stage != "train")
+        if stage == "train" and self.distiller is not None:
+            distill = self.distiller(x, logits)
+            self.log("train_kd_loss", distill)
+            loss = loss + distill
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -139,14 +152,58 @@ class ImageClassifier(pl.LightningModule):
         return self.plan.state()
 
     def set_extra_state(self, state: Any) -> None:
-        """Rebuild the saved pruned shapes before the weights are loaded (called first by `load_state_dict`)."""
+        """Rebuild the saved pruned shapes before the weights are loaded (called first by `load_state_dict`).
+
+        The plan is tried on a copy first: one that does not fit this network leaves the module untouched.
+        """
+        target = self._read_plan(state)
+        todo = self.plan.pending(target)
+        if todo:
+            self._replayed_copy(todo, target)
+            surgery.replay(self.model, todo, surgery.example_input(self.model, target.input_shape))
+        self.plan = target
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another network before anything is loaded (Lightning calls this first)."""
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        if _EXTRA_STATE not in state:
+            raise ValueError(
+                "The checkpoint has no pruning plan (state_dict key '_extra_state'): it was not saved from a "
+                "lightning_prune ImageClassifier. Load it with the module class that saved it."
+            )
+        target = self._read_plan(state[_EXTRA_STATE])
+        expected = {f"model.{k}": v.shape for k, v in self._replayed_copy(self.plan.pending(target), target).items()}
+        saved = {k: v.shape for k, v in state.items() if k.startswith("model.") and torch.is_tensor(v)}
+        problems = [
+            f"{k}: checkpoint {list(saved[k])}, model {list(s)}"
+            for k, s in expected.items()
+            if k in saved and saved[k] != s
+        ]
+        if self.strict_loading:
+            problems += [f"{k}: missing from the checkpoint" for k in expected if k not in saved]
+            problems += [f"{k}: not in the model" for k in saved if k not in expected]
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ValueError(
+                f"The checkpoint does not match this {type(self.model).__name__} (after replaying its pruning "
+                f"plan): {shown}. Build the module with the checkpoint's hyper-parameters "
+                "(`ImageClassifier.load_from_checkpoint(path)` does) or resume from a checkpoint of this network."
+            )
+
+    def _read_plan(self, state: Any) -> PruningPlan:
         target = PruningPlan.from_state(state)
         if target.input_shape[1:] != self.plan.input_shape[1:]:
             raise ValueError(
                 f"The checkpoint's model was traced with input shape {target.input_shape[1:]} but this module "
                 f"expects {self.plan.input_shape[1:]}: build it with the same in_channels and image_size"
             )
-        todo = self.plan.pending(target)
-        if todo:
-            surgery.replay(self.model, todo, surgery.example_input(self.model, target.input_shape))
-        self.plan = target
+        return target
+
+    def _replayed_copy(self, steps: list, target: PruningPlan) -> dict[str, torch.Tensor]:
+        """State dict of a copy of the network with `steps` applied (raises what a step of another network does)."""
+        model = copy.deepcopy(self.model)
+        if steps:
+            surgery.replay(model, steps, surgery.example_input(model, target.input_shape))
+        return model.state_dict()

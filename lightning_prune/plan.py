@@ -34,19 +34,25 @@ class PruningPlan:
         """Validate and read a saved plan.
 
         Raises:
-            ValueError: the object is not a pruning plan of a version this package reads.
+            ValueError: the object is not a pruning plan of a version this package reads, or it is corrupt.
         """
         if not isinstance(state, dict) or state.get("version") != VERSION:
-            raise ValueError(
-                f"Not a lightning-prune pruning plan (version {VERSION}): got {type(state).__name__} "
-                f"{state if not isinstance(state, dict) else {k: state[k] for k in list(state)[:3]}}"
+            found = (
+                f"a dict with keys {sorted(map(str, state))[:5]}" if isinstance(state, dict) else type(state).__name__
             )
-        steps = state.get("steps")
-        if not isinstance(steps, list) or not all(
-            isinstance(s, (list, tuple)) and len(s) == 3 and isinstance(s[0], str) for s in steps
-        ):
-            raise ValueError("Corrupt pruning plan: `steps` must be a list of [layer name, is_out, indices]")
-        return cls(input_shape=[int(d) for d in state["input_shape"]], steps=[list(s) for s in steps])
+            raise ValueError(
+                f"Not a lightning-prune pruning plan (version {VERSION}): got {found}. Load a checkpoint saved by "
+                "`lightning_prune.ImageClassifier` with this version of the package."
+            )
+        shape, steps = state.get("input_shape"), state.get("steps")
+        if not (isinstance(shape, (list, tuple)) and len(shape) >= 2 and all(_is_int(d) and d > 0 for d in shape)):
+            raise ValueError(f"Corrupt pruning plan: `input_shape` must be a list of positive ints, got {shape!r}")
+        if not isinstance(steps, list) or not all(_is_step(s) for s in steps):
+            bad = next((s for s in steps if not _is_step(s)), None) if isinstance(steps, list) else steps
+            raise ValueError(
+                f"Corrupt pruning plan: `steps` must be a list of [layer name, is_out, [channel indices]], got {bad!r}"
+            )
+        return cls(input_shape=[int(d) for d in shape], steps=[[s[0], s[1], [int(i) for i in s[2]]] for s in steps])
 
     def pending(self, target: PruningPlan) -> list[Step]:
         """Steps of `target` that this plan has not applied yet.
@@ -65,3 +71,18 @@ class PruningPlan:
     @property
     def layers(self) -> list[str]:
         return [name for name, _, _ in self.steps]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_step(step: Any) -> bool:
+    return (
+        isinstance(step, (list, tuple))
+        and len(step) == 3
+        and isinstance(step[0], str)
+        and isinstance(step[1], bool)
+        and isinstance(step[2], (list, tuple))
+        and all(_is_int(i) for i in step[2])
+    )

@@ -7,6 +7,7 @@ policy-gradient step with the mean reward of the K samples as baseline (optional
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -17,12 +18,13 @@ from torch import nn
 def filter_features(weight: torch.Tensor) -> torch.Tensor:
     """Filters as rows (N x C*k*k), standardised over the whole layer, on the CPU in float32."""
     rows = weight.detach().flatten(1).float().cpu()
-    return (rows - rows.mean()) / (rows.std() + 1e-8)
+    return (rows - rows.mean()) / (rows.std(correction=0) + 1e-8)
 
 
 def min_keep_count(min_keep: int | float, n: int) -> int:
     """Filters that must stay: `min_keep` as a count (int >= 1) or a fraction of `n` (float in (0, 1])."""
-    count = math.ceil(min_keep * n) if isinstance(min_keep, float) else int(min_keep)
+    # rounded first: 0.07 * 100 is 7.000000000000001 in floating point, which must still mean 7 filters
+    count = math.ceil(round(min_keep * n, 9)) if isinstance(min_keep, float) else int(min_keep)
     return min(max(count, 1), n)
 
 
@@ -105,11 +107,12 @@ class LayerSearch:
         entropy_coef: float = 0.0,
         init_keep: float = 0.9,
     ) -> None:
-        self.features = filter_features(weight)
         self.min_keep = min_keep
         self.entropy_coef = entropy_coef
         self.generator = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
+        # trainable tensors even when created in a validation hook (inference mode)
+        with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+            self.features = filter_features(weight)
             torch.manual_seed(seed)
             self.agent = LayerAgent(self.features.shape[1], init_keep=init_keep)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=lr)
@@ -128,7 +131,8 @@ class LayerSearch:
 
     def update(self, masks: torch.Tensor, rewards: torch.Tensor) -> None:
         with torch.enable_grad(), torch.inference_mode(False):
-            loss = reinforce_loss(self.agent(self.features), masks, rewards.float(), self.entropy_coef)
+            # clones: masks/rewards made in inference mode cannot be saved for backward
+            loss = reinforce_loss(self.agent(self.features), masks.clone(), rewards.float().clone(), self.entropy_coef)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -138,9 +142,10 @@ class LayerSearch:
         return most_likely_mask(self.probs(), self.min_keep)
 
     def state_dict(self) -> dict[str, Any]:
+        """A snapshot (copied tensors): later updates do not change a state taken earlier."""
         return {
-            "agent": self.agent.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "agent": copy.deepcopy(self.agent.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
             "updates": self.updates,
         }

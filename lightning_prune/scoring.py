@@ -1,86 +1,313 @@
 """Scoring candidate keep-masks of one channel group on the live model, without copies.
 
-A candidate is applied as channel masks on the outputs of the group's layers (after BatchNorm, zeroing a channel
-is, in eval mode, exactly what removing it does). While one layer is searched, everything that runs before it is
-fixed, so its activations are computed once per batch and each candidate runs only the rest of the network.
-The cut is made with `torch.fx` at the last point that every path to the layer passes through (residual and
-concatenating networks cut before the block); a model fx cannot trace falls back to the full forward.
+A candidate zeroes the group's removed channels at the outputs of the group's layers (after BatchNorm, zeroing
+a channel is, in eval mode, exactly what removing it does).
+
+While one group is searched, every value that does not depend on its mask is the same for all candidates. The
+engine (`cache=True`) traces the model with `torch.fx`, inserts the mask where each masked layer's output is
+used (moved past channel-wise ops that keep zeros, such as ReLU and pooling, and folded into the weights of a
+convolution that reads it), computes every mask-independent node once per batch (the prefix) and caches the
+values it hands to mask-dependent nodes. Each candidate then runs only the mask-dependent nodes (the suffix).
+In a plain chain this is everything after the layer; in residual and concatenating networks the independent
+branches are cached too. A model `torch.fx` cannot trace, or a cache over `max_cache_mb`, falls back to the full
+forward with the masks applied by forward hooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+import operator
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune.surgery import out_channels, preserved_modes
+from lightning_prune.surgery import out_channels
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+#: Modules applied channel by channel that map a zero channel to zero: a channel mask commutes with them.
+_ZERO_KEEPING_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Identity,
+    nn.Dropout,
+)
+_ZERO_KEEPING_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d)
+_INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.iand, operator.ior)
+_PER_CHANNEL = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
-def _subgraph(root: fx.GraphModule, nodes: Sequence[fx.Node], start: fx.Node | None, result: fx.Node) -> fx.GraphModule:
-    """A module computing `result` from the value of `start` (a new placeholder) through `nodes`."""
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    if start is not None:
-        env[start] = graph.placeholder("cut")
-    for node in nodes:
-        if node in env:
+#: Above this fraction of removed input channels a convolution slices its input instead of masking its weights.
+SLICE_FRACTION = 0.25
+
+
+def _channel_scale(channels: int, index: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """1 for kept channels, 0 for the channels `index` assigns to removed root channels."""
+    scale = torch.ones(channels, device=index.device)
+    scale[index[~keep.to(index.device)]] = 0.0
+    return scale
+
+
+def _as_layout_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+class _ChannelMask(nn.Module):
+    """Multiplies channels (dim 1) by the current candidate's 0/1 mask; always returns a new tensor."""
+
+    def __init__(self, channels: int, index: torch.Tensor) -> None:
+        super().__init__()
+        self.channels = channels
+        self.index = index
+        self.register_buffer("scale", torch.ones(channels, device=index.device), persistent=False)
+
+    def set(self, keep: torch.Tensor) -> None:
+        self.scale.copy_(_channel_scale(self.channels, self.index, keep))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype).view(1, -1, *(1,) * (x.dim() - 2))
+
+
+class _InputMaskedConv(nn.Module):
+    """`conv` applied to its input with some channels zeroed: the mask is folded into a copy of the weights,
+    or, when at least `SLICE_FRACTION` of the channels are removed from a plain convolution, the removed input
+    channels are sliced away with the weights (what physical removal leaves)."""
+
+    def __init__(self, conv: nn.Conv2d, index: torch.Tensor, allow_slicing: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.index = index
+        self.allow_slicing = allow_slicing and conv.groups == 1
+        self.weight: torch.Tensor | None = None
+        self.kept: torch.Tensor | None = None
+
+    def set(self, keep: torch.Tensor) -> None:
+        conv = self.conv
+        scale = _channel_scale(conv.in_channels, self.index, keep)
+        removed = conv.in_channels - int(scale.sum())
+        self.weight, self.kept = None, None
+        if removed == 0:
+            return
+        if self.allow_slicing and removed >= SLICE_FRACTION * conv.in_channels:
+            self.kept = scale.nonzero().flatten()
+            self.weight = _as_layout_of(conv.weight.index_select(1, self.kept), conv.weight)
+            return
+        groups, per_group = conv.groups, conv.in_channels // conv.groups
+        outputs = conv.out_channels // groups
+        weight_scale = scale.view(groups, 1, per_group).expand(groups, outputs, per_group)
+        self.weight = conv.weight * weight_scale.reshape(conv.out_channels, per_group, 1, 1).to(conv.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return self.conv(x)
+        if self.kept is not None:
+            x = x[:, self.kept]
+        return self.conv._conv_forward(x, self.weight, self.conv.bias)
+
+
+Mask = _ChannelMask | _InputMaskedConv
+
+
+@dataclass
+class Split:
+    """A model cut into what no mask affects and what each candidate must run.
+
+    Attributes:
+        prefix: input -> tuple of the mask-independent values the suffix reads (computed once per batch).
+        suffix: those values -> model output, with the group's masks inside.
+        masks: the mask modules in `suffix`; `set(keep)` applies a candidate.
+    """
+
+    prefix: fx.GraphModule
+    suffix: fx.GraphModule
+    masks: list[Mask]
+
+    def set(self, keep: torch.Tensor) -> None:
+        for mask in self.masks:
+            mask.set(keep)
+
+
+def _mutates(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether the op writes into its first argument."""
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.kwargs.get("inplace") is True or node.target in _INPLACE_OPERATORS or name.endswith("_")
+    return False
+
+
+def _keeps_zero(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether `node` applies a zero-keeping channel-wise op to `source` alone."""
+    if node.args[:1] != (source,) or any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+        return False
+    if node.op == "call_module":
+        module = modules[node.target]
+        return isinstance(module, _ZERO_KEEPING_MODULES) and not getattr(module, "return_indices", False)
+    if node.op == "call_function":
+        return node.target in _ZERO_KEEPING_FUNCTIONS and not node.kwargs.get("return_indices", False)
+    return node.op == "call_method" and node.target == "relu"
+
+
+def _push(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """The last node of the chain of zero-keeping ops that alone consume `node`'s value."""
+    while len(node.users) == 1 and _keeps_zero(next(iter(node.users)), node, modules):
+        node = next(iter(node.users))
+    return node
+
+
+def _subsumed(site: fx.Node, index: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> bool:
+    """A masked layer whose only reader is a per-channel masked layer with the same channels (conv -> BN)."""
+    users = list(site.users)
+    if len(users) != 1 or users[0].op != "call_module" or users[0].target not in index:
+        return False
+    reader = modules[users[0].target]
+    return (
+        isinstance(reader, _PER_CHANNEL)
+        and users[0].args[:1] == (site,)
+        and torch.equal(index[site.target], index[users[0].target])
+    )
+
+
+def _insert_masks(
+    traced: fx.GraphModule, index: dict[str, torch.Tensor], fold_into_convs: bool, allow_slicing: bool
+) -> list[tuple[str, Mask]] | None:
+    """Put a mask after every masked layer's output; returns the (name, mask) pairs, None if a layer is missing."""
+    graph, modules = traced.graph, dict(traced.named_modules())
+    sites = [n for n in graph.nodes if n.op == "call_module" and n.target in index]
+    if {n.target for n in sites} != set(index):
+        return None
+    plans = [
+        (_push(site, modules), index[site.target], out_channels(modules[site.target]))
+        for site in sites
+        if not _subsumed(site, index, modules)
+    ]
+    masks = []
+    for k, (end, idx, channels) in enumerate(plans):
+        name = f"_candidate_mask_{k}"
+        readers = list(end.users)
+        reader = readers[0] if len(readers) == 1 and readers[0].op == "call_module" else None
+        conv = modules.get(reader.target) if reader is not None else None
+        if fold_into_convs and isinstance(conv, nn.Conv2d) and reader.args == (end,) and not reader.kwargs:
+            mask: Mask = _InputMaskedConv(conv, idx, allow_slicing)
+            traced.add_submodule(name, mask)
+            reader.target = name
+        else:
+            mask = _ChannelMask(channels, idx)
+            traced.add_submodule(name, mask)
+            with graph.inserting_after(end):
+                node = graph.call_module(name, (end,))
+            end.replace_all_uses_with(node, delete_user_cb=lambda user, node=node: user is not node)
+        masks.append((name, mask))
+    return masks
+
+
+def _reorder_safe(graph: fx.Graph, affected: set[fx.Node], modules: dict[str, nn.Module]) -> bool:
+    """Computing all mask-independent nodes first must not let an in-place op run before an earlier reader."""
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        if node in affected or not _mutates(node, modules) or not isinstance(node.args[0], fx.Node):
             continue
-        env[node] = graph.node_copy(node, lambda n: env[n])
-    graph.output(env[result])
-    module = fx.GraphModule(root, graph)
-    module.graph.eliminate_dead_code()
-    module.recompile()
-    return module
+        if any(u in affected and position[u] < position[node] for u in node.args[0].users):
+            return False
+    return True
 
 
-def split_before(model: nn.Module, modules: Sequence[nn.Module]) -> tuple[Callable, Callable] | None:
-    """Split `model` into prefix and suffix at the latest node before any of `modules` through which every
-    path passes. Returns None when fx cannot trace the model or no useful cut exists."""
+def split_before(
+    model: nn.Module,
+    channel_maps: Sequence[tuple[nn.Module, torch.Tensor]],
+    fold_into_convs: bool = True,
+    allow_slicing: bool = True,
+) -> Split | None:
+    """Split `model` into the part that no mask of the group `channel_maps` affects and the rest.
+
+    Args:
+        model: the network; its submodules are shared, not copied.
+        channel_maps: `(module, channel index per root channel)` pairs whose outputs are masked.
+        fold_into_convs: fold a mask into the convolution that alone reads the masked value.
+        allow_slicing: let such a convolution drop the removed input channels when many are removed.
+
+    Returns:
+        The split, or None when `torch.fx` cannot trace the model or does not see every masked layer.
+    """
     try:
         traced = fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - any untraceable model falls back to the full forward
         return None
     names = {m: n for n, m in model.named_modules()}
-    targets = {names[m] for m in modules if m in names}
-    nodes = list(traced.graph.nodes)
-    first = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target in targets), None)
-    if first is None:
+    index = {names[m]: idx for m, idx in channel_maps if m in names}
+    masks = _insert_masks(traced, index, fold_into_convs, allow_slicing) if len(index) == len(channel_maps) else None
+    if not masks:
         return None
-    position = {n: i for i, n in enumerate(nodes)}
-    last_use = {n: max((position[u] for u in n.users), default=-1) for n in nodes}
-    cut = None
-    for i in range(first):
-        live = [n for n in nodes[: i + 1] if n.op != "get_attr" and last_use[n] > i]
-        if live == [nodes[i]] and nodes[i].op != "placeholder":
-            cut = i
-    if cut is None:
+    graph, modules = traced.graph, dict(traced.named_modules())
+    mask_names = {name for name, _ in masks}
+    affected: set[fx.Node] = set()
+    for node in graph.nodes:
+        if (
+            node.op == "output"
+            or (node.op == "call_module" and node.target in mask_names)
+            or any(a in affected for a in node.all_input_nodes)
+        ):
+            affected.add(node)
+    if not _reorder_safe(graph, affected, modules):
         return None
-    output = next(n for n in nodes if n.op == "output")
-    consts = [n for n in nodes[: cut + 1] if n.op == "get_attr"]
-    prefix = _subgraph(traced, nodes[: cut + 1], None, nodes[cut])
-    suffix = _subgraph(traced, consts + nodes[cut + 1 : -1], nodes[cut], output.args[0])
-    return prefix, suffix
+    boundary = [
+        n for n in graph.nodes if n not in affected and n.op != "get_attr" and any(u in affected for u in n.users)
+    ]
+    prefix_graph, env = fx.Graph(), {}
+    for node in graph.nodes:
+        if node not in affected:
+            env[node] = prefix_graph.node_copy(node, env.__getitem__)
+    prefix_graph.output(tuple(env[n] for n in boundary))
+    suffix_graph = fx.Graph()
+    env = {n: suffix_graph.placeholder(f"cut_{i}") for i, n in enumerate(boundary)}
+    for node in graph.nodes:
+        if node in affected or (node.op == "get_attr" and any(u in affected for u in node.users)):
+            env[node] = suffix_graph.node_copy(node, env.__getitem__)
+    for cut in env.values():
+        if cut.op == "placeholder" and any(_mutates(u, modules) and u.args[0] is cut for u in cut.users):
+            with suffix_graph.inserting_after(cut):  # the cached value is reused by every candidate
+                copy = suffix_graph.call_method("clone", (cut,))
+            cut.replace_all_uses_with(copy, delete_user_cb=lambda user, copy=copy: user is not copy)
+    prefix, suffix = fx.GraphModule(traced, prefix_graph), fx.GraphModule(traced, suffix_graph)
+    return Split(prefix, suffix, [mask for _, mask in masks])
 
 
 class CandidateScorer(AbstractContextManager):
-    """Top-1 accuracy (percentage points) of the model with some channels of one group masked.
+    """Top-1 accuracy (percentage points) of the model with some channels of one group removed.
 
-    Use as a context manager: on entry the model goes to eval mode, mask hooks are installed and the prefix
-    activations are cached; on exit everything is restored. Masks index the group's root channels.
+    Use as a context manager: on entry the model goes to eval mode (and channels_last), and the prefix
+    activations are cached or the mask hooks installed; on exit modes, layout and hooks are restored, also
+    when the block raises. Masks index the group's root channels.
 
     Args:
-        model: the network (modified only transiently: hooks and memory layout).
+        model: the network (modified only transiently: modes, hooks and memory layout).
         channel_maps: `(module, channel index per root channel)` pairs from `surgery.output_channel_maps`.
         batches: validation batches `(x, y)` already on the model's device.
         forward_context: the Trainer precision's forward context (autocast), or None.
-        cache: run only the part of the network after the cut for each candidate.
-        max_cache_mb: above this, cached activations are dropped and the full forward is used.
+        cache: run only the mask-dependent part of the network per candidate (see the module docstring).
+        max_cache_mb: above this the cached activations are dropped and the full forward is used.
         channels_last: score in channels_last layout (faster for convolutions on CPU and with AMP).
+        allow_slicing: let the convolution reading a masked value drop removed input channels.
+        compile_suffix: `torch.compile` the part run per candidate (masks only, no slicing: static shapes).
+
+    Example::
+
+        with CandidateScorer(model, maps, batches) as scorer:
+            base = scorer.accuracy()
+            accs = [scorer.accuracy(mask) for mask in masks]
     """
 
     def __init__(
@@ -92,7 +319,11 @@ class CandidateScorer(AbstractContextManager):
         cache: bool = True,
         max_cache_mb: float = 1024.0,
         channels_last: bool = True,
+        allow_slicing: bool = True,
+        compile_suffix: bool = False,
     ) -> None:
+        if not channel_maps:
+            raise ValueError("CandidateScorer needs at least one (module, channel index) pair to mask")
         self.model = model
         self.channel_maps = [(m, idx.to(next(iter(m.parameters()), idx).device)) for m, idx in channel_maps]
         self.size = len(channel_maps[0][1])
@@ -101,84 +332,105 @@ class CandidateScorer(AbstractContextManager):
         self.cache = cache
         self.max_cache_bytes = max_cache_mb * 2**20
         self.channels_last = channels_last
-        self._masks: dict[nn.Module, torch.Tensor | None] = {}
-        self._inputs: list[torch.Tensor] = []
-        self._run: Callable = model
+        self.allow_slicing = allow_slicing and not compile_suffix
+        self.compile_suffix = compile_suffix
         self.cached = False
+        self._split: Split | None = None
+        self._run: Callable[..., torch.Tensor] = model
+        self._inputs: list[tuple[Any, ...]] = []
+        self._scales: dict[nn.Module, torch.Tensor] = {}
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._layouts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._modes: list[tuple[nn.Module, bool]] = []
 
-    def _hook(self, module: nn.Module, _: object, output: torch.Tensor) -> torch.Tensor | None:
-        mask = self._masks.get(module)
-        if mask is None:
-            return None
-        shape = (1, -1) + (1,) * (output.dim() - 2)
-        return output * mask.to(output.dtype).view(shape)
+    # -- entering and leaving ------------------------------------------------------------------------
+
+    def __enter__(self) -> CandidateScorer:
+        self._modes = [(m, m.training) for m in self.model.modules()]
+        try:
+            self.model.eval()
+            if self.channels_last:
+                self._to_channels_last()
+            self._prepare()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        for tensor, data in self._layouts:
+            tensor.data = data
+        for module, training in self._modes:
+            module.training = training
+        self._hooks, self._layouts, self._modes, self._scales = [], [], [], {}
+        self._split, self._run, self._inputs, self.cached = None, self.model, [], False
+
+    def _to_channels_last(self) -> None:
+        """Convert 4-d parameters and buffers in place, remembering the originals for `__exit__`."""
+        for tensor in (*self.model.parameters(), *self.model.buffers()):
+            if tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last):
+                self._layouts.append((tensor, tensor.data))
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
-    @contextmanager
-    def _session(self) -> Iterator[None]:
-        was_channels_last = any(
-            p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-            for p in self.model.parameters()
-        )
-        hooks = [m.register_forward_hook(self._hook) for m, _ in self.channel_maps]
-        try:
-            with preserved_modes(self.model):
-                self.model.eval()
-                if self.channels_last:
-                    self.model.to(memory_format=torch.channels_last)
-                yield
-        finally:
-            for h in hooks:
-                h.remove()
-            if self.channels_last and not was_channels_last:
-                self.model.to(memory_format=torch.contiguous_format)
-
-    def __enter__(self) -> CandidateScorer:
-        self._stack = self._session()
-        self._stack.__enter__()
-        try:
-            self._prepare()
-        except BaseException:
-            self._stack.__exit__(None, None, None)
-            raise
-        return self
-
     def _prepare(self) -> None:
-        self._inputs = [self._layout(x) for x, _ in self.batches]
-        self._run = self.model
-        split = split_before(self.model, [m for m, _ in self.channel_maps]) if self.cache else None
+        inputs = [self._layout(x) for x, _ in self.batches]
+        split = split_before(self.model, self.channel_maps, allow_slicing=self.allow_slicing) if self.cache else None
         if split is not None:
-            prefix, suffix = split
-            cached, total = [], 0
-            with torch.inference_mode(), self.forward_context():
-                for x in self._inputs:
-                    out = prefix(x)
-                    total += out.numel() * out.element_size()
-                    if total > self.max_cache_bytes:
-                        break
-                    cached.append(self._layout(out))
-            if total <= self.max_cache_bytes:
-                self._inputs, self._run, self.cached = cached, suffix, True
+            cached = self._cache_prefix(split, inputs)
+            if cached is not None:
+                self._split, self._inputs, self.cached = split, cached, True
+                self._run = torch.compile(split.suffix) if self.compile_suffix else split.suffix
+                return
+        self._inputs = [(x,) for x in inputs]
+        self._hooks = [m.register_forward_hook(self._hook) for m, _ in self.channel_maps]
 
-    def __exit__(self, *exc: object) -> None:
-        self._inputs, self._run, self.cached = [], self.model, False
-        self._stack.__exit__(*exc)
+    def _cache_prefix(self, split: Split, inputs: list[torch.Tensor]) -> list[tuple[Any, ...]] | None:
+        """The prefix's values for every batch, or None as soon as they exceed `max_cache_mb`."""
+        cached, storages = [], {}
+        with torch.inference_mode(), self.forward_context():
+            for x in inputs:
+                values = split.prefix(x)
+                for v in values:
+                    if isinstance(v, torch.Tensor):
+                        storage = v.untyped_storage()
+                        storages[storage.data_ptr()] = storage.nbytes()
+                if sum(storages.values()) > self.max_cache_bytes:
+                    return None
+                cached.append(tuple(values))
+        return cached
+
+    # -- scoring ----------------------------------------------------------------------------------------
+
+    def _hook(self, module: nn.Module, _: object, output: torch.Tensor) -> torch.Tensor | None:
+        scale = self._scales.get(module)
+        if scale is None:
+            return None
+        return output * scale.to(output.dtype).view(1, -1, *(1,) * (output.dim() - 2))
+
+    def _apply(self, keep: torch.Tensor) -> None:
+        if self._split is not None:
+            self._split.set(keep)
+        elif keep.all():
+            self._scales = {}
+        else:
+            self._scales = {m: _channel_scale(out_channels(m), idx, keep) for m, idx in self.channel_maps}
 
     def accuracy(self, keep: torch.Tensor | None = None) -> float:
-        """Accuracy with the channels where `keep` is False masked (None: the model as it is)."""
-        self._masks = {}
-        if keep is not None:
-            keep = keep.to(torch.bool)
-            for module, idx in self.channel_maps:
-                mask = torch.ones(out_channels(module), device=idx.device)
-                mask[idx[~keep.to(idx.device)]] = 0.0
-                self._masks[module] = mask
+        """Accuracy with the channels where `keep` is False removed (None: the model as it is)."""
+        if keep is None:
+            keep = torch.ones(self.size, dtype=torch.bool)
+        elif keep.numel() != self.size:
+            raise ValueError(f"The keep mask has {keep.numel()} entries but the group has {self.size} channels")
         correct, total = 0, 0
-        with torch.inference_mode(), self.forward_context():
-            for x, (_, y) in zip(self._inputs, self.batches, strict=True):
-                correct += int((self._run(x).argmax(-1) == y).sum())
-                total += y.numel()
-        self._masks = {}
-        return 100.0 * correct / max(total, 1)
+        with torch.inference_mode():
+            self._apply(keep.to(torch.bool))
+            with self.forward_context():
+                for args, (_, y) in zip(self._inputs, self.batches, strict=True):
+                    correct = correct + (self._run(*args).argmax(-1) == y).sum()
+                    total += y.numel()
+        return 100.0 * int(correct) / max(total, 1)

@@ -10,6 +10,8 @@ with their momentum / Adam state sliced to the kept channels.
 from __future__ import annotations
 
 import fnmatch
+import itertools
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,9 +60,23 @@ def example_input(model: nn.Module, shape: Sequence[int]) -> torch.Tensor:
     return torch.zeros(tuple(shape), dtype=dtype, device=device)
 
 
+@contextmanager
+def _all_trainable(model: nn.Module) -> Iterator[None]:
+    """Frozen parameters made trainable for the duration (the tracer follows autograd: a frozen first layer
+    has no `grad_fn` and would be missing from the graph, so its coupled layers would not be pruned with it)."""
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def build_graph(model: nn.Module, inputs: torch.Tensor) -> tp.DependencyGraph:
-    """Trace the model's channel dependencies without changing its train/eval modes."""
-    with _tracing(model):
+    """Trace the model's channel dependencies without changing its train/eval modes or frozen flags."""
+    with _tracing(model), _all_trainable(model):
         return tp.DependencyGraph().build_dependency(model, example_inputs=inputs.clone())
 
 
@@ -162,9 +178,13 @@ def check_indices(idxs: Iterable[int], size: int, name: str) -> list[int]:
     """Sorted, validated channel indices (torch-pruning silently corrupts a layer given bad ones).
 
     Raises:
-        ValueError: duplicates, indices outside [0, size), or all channels of the layer.
+        ValueError: non-integer or duplicate indices, indices outside [0, size), or all channels of the layer.
     """
-    values = [int(i) for i in idxs]
+    idxs = list(idxs)
+    try:
+        values = [operator.index(i) for i in idxs]  # ints, numpy ints, integer tensors; never 1.5 -> 1
+    except TypeError as err:
+        raise ValueError(f"Channel indices for {name!r} must be integers, got {idxs}") from err
     if len(set(values)) != len(values):
         raise ValueError(f"Channel indices for {name!r} contain duplicates: {sorted(values)}")
     bad = [i for i in values if not 0 <= i < size]
@@ -183,19 +203,28 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 
 def _kept_along_dims(
-    old: torch.Size, new: torch.Size, removed_sets: list[list[int]]
+    old: torch.Tensor, new: torch.Tensor, removed: list[tuple[bool, list[int]]]
 ) -> list[tuple[int, torch.Tensor]] | None:
-    """Kept indices per shrunk dimension, matched to the group's removed indices for that module."""
-    kept = []
-    for dim, (a, b) in enumerate(zip(old, new, strict=True)):
+    """Kept indices per shrunk dimension: the combination of the group's removed index sets for this module
+    (`(is_out, idxs)`; output sets tried first for dim 0, input sets for the others) that turns `old` into `new`.
+    A module can meet a group twice with sets of equal length: a layer whose output joins a residual stream
+    that its input also reads (through a concatenation) loses output channel i and input channel offset + i."""
+    dims, options = [], []
+    for dim, (a, b) in enumerate(zip(old.shape, new.shape, strict=True)):
         if a == b:
             continue
-        removed = next((r for r in removed_sets if r and len(set(r)) == a - b and max(r) < a), None)
-        if removed is None:
-            return None
-        drop = set(removed)
-        kept.append((dim, torch.tensor([i for i in range(a) if i not in drop], dtype=torch.long)))
-    return kept
+        ordered = sorted(removed, key=lambda entry: entry[0] != (dim == 0))
+        sets = dict.fromkeys(frozenset(r) for _, r in ordered if r and len(set(r)) == a - b and max(r) < a)
+        dims.append(dim)
+        options.append([torch.tensor([i for i in range(a) if i not in r], dtype=torch.long) for r in sets])
+    value = old.detach()
+    for combo in itertools.product(*options):
+        sliced = value
+        for dim, idx in zip(dims, combo, strict=True):
+            sliced = sliced.index_select(dim, idx.to(value.device))
+        if torch.equal(sliced, new.detach()):
+            return list(zip(dims, combo, strict=True))
+    return None
 
 
 def _remap_optimizer(
@@ -244,9 +273,10 @@ def prune_step(
         channels_last = _is_channels_last(model)
         before = dict(model.named_parameters())
         frozen = {n for n, p in before.items() if not p.requires_grad}
-        removed: dict[nn.Module, list[list[int]]] = {}
+        removed: dict[nn.Module, list[tuple[bool, list[int]]]] = {}
         for item in group.items:
-            removed.setdefault(item.dep.target.module, []).append(list(item.idxs))
+            is_out_set = item.dep.handler.__name__ == "prune_out_channels"
+            removed.setdefault(item.dep.target.module, []).append((is_out_set, list(item.idxs)))
         group.prune()
         modules = dict(model.named_modules())
         for pname, new in model.named_parameters():
@@ -255,7 +285,7 @@ def prune_step(
                 continue
             new.requires_grad_(pname not in frozen)
             owner = modules[pname.rpartition(".")[0]]
-            kept = _kept_along_dims(old.shape, new.shape, removed.get(owner, []))
+            kept = _kept_along_dims(old, new, removed.get(owner, []))
             for optimizer in optimizers:
                 _remap_optimizer(optimizer, old, new, kept)
         if channels_last:

@@ -1,0 +1,112 @@
+"""The `lightning-prune` command line: Lightning's fit/validate/test, plus `export` and `report` of a checkpoint.
+
+lightning-prune fit --config configs/quickstart.yaml
+lightning-prune report runs/quickstart/lightning_logs/version_0/checkpoints/*.ckpt --plot channels.png
+lightning-prune export runs/quickstart/lightning_logs/version_0/checkpoints/*.ckpt --format onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningCLI
+
+from lightning_prune import export, report
+from lightning_prune.module import ImageClassifier
+
+TOOLS = ("export", "report")
+
+DESCRIPTION = (
+    "Train, validate or test an ImageClassifier with any LightningDataModule (`--data.class_path`); add "
+    "`lightning_prune.RLPruneCallback` under `trainer.callbacks` to prune it while it trains. Two more "
+    "subcommands work on a saved checkpoint: `lightning-prune export CKPT --format onnx|torchscript|"
+    "exported-program` and `lightning-prune report CKPT [--json] [--plot FILE.png]`."
+)
+
+
+class PruneCLI(LightningCLI):
+    """LightningCLI with the fit, validate and test subcommands (predict has no use for a classifier here)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate", "test")}
+
+
+def tool_parser() -> argparse.ArgumentParser:
+    """Parser of the `export` and `report` subcommands."""
+    parser = argparse.ArgumentParser(prog="lightning-prune", description="Export or inspect a pruned checkpoint.")
+    tools = parser.add_subparsers(dest="tool", required=True)
+    exporter = tools.add_parser(
+        "export",
+        help="write the pruned network as a standalone model file",
+        description="Write the pruned network of a checkpoint as a standalone model with a dynamic batch size.",
+    )
+    exporter.add_argument("checkpoint", type=Path, help="a .ckpt file saved by the Trainer")
+    exporter.add_argument(
+        "--format",
+        required=True,
+        choices=list(export.FORMATS),
+        help="onnx, torchscript (deprecated by PyTorch) or exported-program (torch.export, .pt2)",
+    )
+    exporter.add_argument("--output", type=Path, help="file to write (default: next to the checkpoint)")
+    reporter = tools.add_parser(
+        "report",
+        help="per-layer channels and whole-model cost of a pruned checkpoint",
+        description="Channels before/after for every pruned layer, and params and MACs of the whole model.",
+    )
+    reporter.add_argument("checkpoint", type=Path, help="a .ckpt file saved by the Trainer")
+    reporter.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    reporter.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar plot of channels per layer")
+    return parser
+
+
+def run_tool(argv: Sequence[str]) -> int:
+    """Run `export` or `report`; user errors print one line on stderr and return exit code 2."""
+    args = tool_parser().parse_args(list(argv))
+    try:
+        if args.tool == "export":
+            result = export.export_checkpoint(args.checkpoint, args.format, args.output)
+            print(f"Wrote {args.format} model to {result.path}")
+            if result.max_abs_diff is None:
+                print("Outputs not compared with PyTorch: onnxruntime is not installed")
+            else:
+                print(f"Largest output difference from PyTorch at batch sizes 1 and 3: {result.max_abs_diff:.2e}")
+        else:
+            data = report.build_report(args.checkpoint)
+            if args.plot is not None:
+                report.plot_channels(data, args.plot)
+            if args.json:
+                print(report.to_json(data))
+            else:
+                report.print_report(data)
+                if args.plot is not None:
+                    print(f"Plot written to {args.plot}")
+    except (export.CheckpointError, ValueError, OSError) as err:
+        print(f"lightning-prune {args.tool}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `lightning-prune`; `argv` defaults to the process arguments."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TOOLS:
+        return run_tool(args)
+    PruneCLI(
+        ImageClassifier,
+        pl.LightningDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_kwargs={"description": DESCRIPTION},
+        args=None if argv is None else args,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""`DistributionPruneCallback`: prune to a global target with a learned distribution over channel groups."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from lightning_prune import surgery
+from lightning_prune.distribution import (
+    CRITERIA,
+    CostModel,
+    DistributionSearch,
+    GroupScorer,
+    allocate,
+    allocate_for,
+    filter_scores,
+    group_importance,
+    keep_mask,
+    q_score,
+    removed_filters,
+)
+from lightning_prune.measure import model_cost
+from lightning_prune.module import ImageClassifier
+from lightning_prune.policy import min_keep_count
+
+TARGET_TYPES = ("channels", "macs")
+
+
+class DistributionPruneCallback(Callback):
+    """Prune convolution filters to a global target, learning how many each channel group loses (RL-Pruner).
+
+    Wang & Kindratenko (2024): layers differ in sensitivity, and the sensitivity changes as pruning proceeds.
+    A probability distribution over the channel groups (residual-coupled layers form one group) says which
+    share of a step's removed channels each group gives up; it starts proportional to the groups' widths.
+    At each pruning step the distribution is searched (see `lightning_prune.distribution`): noised samples
+    become per-group counts, the filters inside a group are chosen by `criterion`, each sample is scored on
+    `reward_batches` validation batches with `Q = accuracy + alpha * MACs reduction + beta * params reduction`
+    (percentage points), the distribution moves toward the elite samples, and the best sample is removed
+    physically. Steps of `step_size` (a fraction of the unpruned model's channels or MACs) alternate with
+    `finetune_epochs` training epochs until `target` is met; epochs after that are final fine-tuning.
+
+    Args:
+        target: fraction of the unpruned model to remove, in (0, 1): of its prunable channels (each group's
+            channels counted once) or of its MACs.
+        target_type: "channels" or "macs".
+        step_size: fraction removed per step, in (0, 1]; the last step removes what is left to the target.
+        start_epoch: epoch before which the first step is taken (0 prunes the model as given).
+        finetune_epochs: training epochs between two steps (0 takes every step at `start_epoch`).
+        criterion: filters removed inside a group: "l1" (smallest L1 norm) or "taylor" (smallest first-order
+            Taylor `|w * grad|`, accumulated on `taylor_batches` training batches); summed over the group's
+            coupled convolutions.
+        alpha: weight of the MACs reduction in Q (>= 0).
+        beta: weight of the params reduction in Q (>= 0).
+        num_samples: distributions sampled per update.
+        updates: distribution updates per step.
+        elite_size: best samples kept (the distribution moves toward their mean).
+        noise: std of the log-normal noise of a sample.
+        epsilon: probability that a sample is uniformly random instead (first update), in [0, 1].
+        epsilon_decay: epsilon's factor per update, in (0, 1].
+        lr: fraction of the way toward the elites' mean per update, in (0, 1].
+        clip: largest relative change of an entry of the distribution per update, in (0, 1).
+        reward_batches: validation batches each sample is scored on.
+        taylor_batches: training batches the Taylor criterion accumulates over.
+        min_keep: filters every group keeps: a count (int >= 1) or a fraction of its unpruned width (float in
+            (0, 1]). A group is never emptied.
+        layers: layer names or fnmatch patterns selecting the groups to prune (None: every prunable group).
+        seed: seeds the search; the same seed (and training) gives the same result.
+
+    Example::
+
+        cb = DistributionPruneCallback(target=0.5, target_type="macs", step_size=0.1, finetune_epochs=1)
+        Trainer(max_epochs=20, callbacks=[cb, DistillationCallback()]).fit(model, datamodule=dm)
+    """
+
+    def __init__(
+        self,
+        target: float = 0.5,
+        target_type: Literal["channels", "macs"] = "channels",
+        step_size: float = 0.1,
+        start_epoch: int = 0,
+        finetune_epochs: int = 1,
+        criterion: Literal["l1", "taylor"] = "l1",
+        alpha: float = 0.2,
+        beta: float = 0.0,
+        num_samples: int = 8,
+        updates: int = 4,
+        elite_size: int = 4,
+        noise: float = 0.3,
+        epsilon: float = 0.3,
+        epsilon_decay: float = 0.9,
+        lr: float = 0.5,
+        clip: float = 0.2,
+        reward_batches: int = 2,
+        taylor_batches: int = 2,
+        min_keep: int | float = 0.1,
+        layers: list[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        checks = [
+            (0 < target < 1, f"target={target} must be in (0, 1): the fraction of the model to remove"),
+            (target_type in TARGET_TYPES, f"target_type={target_type!r} is unknown: use one of {TARGET_TYPES}"),
+            (0 < step_size <= 1, f"step_size={step_size} must be in (0, 1]: the fraction removed per step"),
+            (start_epoch >= 0, f"start_epoch={start_epoch} must be >= 0"),
+            (finetune_epochs >= 0, f"finetune_epochs={finetune_epochs} must be >= 0"),
+            (criterion in CRITERIA, f"criterion={criterion!r} is unknown: use one of {CRITERIA}"),
+            (alpha >= 0, f"alpha={alpha} must be >= 0 (weight of the MACs reduction in Q)"),
+            (beta >= 0, f"beta={beta} must be >= 0 (weight of the params reduction in Q)"),
+            (num_samples >= 1, f"num_samples={num_samples} must be >= 1"),
+            (updates >= 1, f"updates={updates} must be >= 1"),
+            (elite_size >= 1, f"elite_size={elite_size} must be >= 1"),
+            (noise >= 0, f"noise={noise} must be >= 0"),
+            (0 <= epsilon <= 1, f"epsilon={epsilon} must be in [0, 1] (a probability)"),
+            (0 < epsilon_decay <= 1, f"epsilon_decay={epsilon_decay} must be in (0, 1]"),
+            (0 < lr <= 1, f"lr={lr} must be in (0, 1]"),
+            (0 < clip < 1, f"clip={clip} must be in (0, 1)"),
+            (reward_batches >= 1, f"reward_batches={reward_batches} must be >= 1"),
+            (taylor_batches >= 1, f"taylor_batches={taylor_batches} must be >= 1"),
+            (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
+        ]
+        if isinstance(min_keep, bool) or not (
+            (isinstance(min_keep, int) and min_keep >= 1) or (isinstance(min_keep, float) and 0 < min_keep <= 1)
+        ):
+            checks.append((False, f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
+        for ok, message in checks:
+            if not ok:
+                raise MisconfigurationException(f"DistributionPruneCallback: {message}")
+        self.target = float(target)
+        self.target_type = target_type
+        self.step_size = float(step_size)
+        self.start_epoch = start_epoch
+        self.finetune_epochs = finetune_epochs
+        self.criterion = criterion
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.num_samples = num_samples
+        self.updates = updates
+        self.elite_size = elite_size
+        self.noise = float(noise)
+        self.epsilon = float(epsilon)
+        self.epsilon_decay = float(epsilon_decay)
+        self.lr = float(lr)
+        self.clip = float(clip)
+        self.reward_batches = reward_batches
+        self.taylor_batches = taylor_batches
+        self.min_keep = min_keep
+        self.layers = list(layers) if layers is not None else None
+        self.seed = seed
+        self.groups: list[str] = []
+        self.sizes: list[int] = []
+        self.base: dict[str, int] | None = None
+        self.p_star: float | None = None
+        self.done = False
+        self.history: list[dict[str, Any]] = []
+        self.search: DistributionSearch | None = None
+        self._search_state: dict[str, Any] | None = None
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        keys = (
+            "target", "target_type", "step_size", "start_epoch", "finetune_epochs", "criterion", "alpha", "beta",
+            "num_samples", "updates", "elite_size", "noise", "epsilon", "epsilon_decay", "lr", "clip",
+            "reward_batches", "taylor_batches", "min_keep", "layers", "seed",
+        )  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
+    # -- setup: every check before any training time is spent ---------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not isinstance(pl_module, ImageClassifier):
+            raise MisconfigurationException(
+                "DistributionPruneCallback needs a `lightning_prune.ImageClassifier` (or a subclass): it records "
+                f"the pruning plan in the module's checkpoint. Got {type(pl_module).__name__}; wrap your network "
+                "as `ImageClassifier(model=your_network, num_classes=...)`."
+            )
+        model = pl_module.model
+        inputs = surgery.example_input(model, pl_module.plan.input_shape)
+        graph = surgery.build_graph(model, inputs)
+        if not self.groups:  # a resumed run keeps the groups it started with (restored after setup)
+            groups = surgery.channel_groups(model, graph, inputs)
+            if not groups:
+                raise MisconfigurationException(
+                    f"DistributionPruneCallback: {type(model).__name__} has no prunable convolution channels (no "
+                    "Conv2d whose output feeds another layer). Use a convolutional network."
+                )
+            try:
+                chosen = surgery.select_groups(groups, self.layers)
+            except ValueError as err:
+                raise MisconfigurationException(f"DistributionPruneCallback: {err}") from err
+            self.groups = [g.name for g in chosen]
+            self.sizes = [g.size for g in chosen]
+            self.base = model_cost(model, inputs).as_dict()
+        most = self._capacity(torch.tensor(self.sizes))
+        reachable = int(most.sum()) / sum(self.sizes)
+        if self.target_type == "macs":
+            macs = CostModel.of(model, graph, self.groups, inputs).cost(most)[0]
+            reachable = 1 - float(macs) / self.base["macs"]
+        if reachable < self.target:
+            raise MisconfigurationException(
+                f"DistributionPruneCallback: target={self.target} of {self.target_type} is out of reach: keeping "
+                f"min_keep={self.min_keep} filters per group removes at most {reachable:.3f}. Lower the target or "
+                "min_keep, or prune more layers."
+            )
+        steps = math.ceil(self.target / self.step_size - 1e-9)
+        needed = self.start_epoch + max(steps * self.finetune_epochs, 1)
+        if trainer.max_epochs is not None and 0 <= trainer.max_epochs < needed:
+            raise MisconfigurationException(
+                f"DistributionPruneCallback: the schedule needs max_epochs >= {needed} (start_epoch="
+                f"{self.start_epoch} + {steps} steps of step_size={self.step_size} x finetune_epochs="
+                f"{self.finetune_epochs}), got max_epochs={trainer.max_epochs}. Raise max_epochs or step_size, or "
+                "lower finetune_epochs."
+            )
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"distribution_prune": self.hparams})
+
+    def _capacity(self, sizes: torch.Tensor) -> torch.Tensor:
+        """Channels each group may still lose: all but `min_keep` of its unpruned width (at least one)."""
+        floor = torch.tensor([min_keep_count(self.min_keep, s) for s in self.sizes])
+        return (sizes - floor).clamp(min=0)
+
+    # -- schedule ------------------------------------------------------------------------------------------
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        while not self.done and self.start_epoch + len(self.history) * self.finetune_epochs <= trainer.current_epoch:
+            self._step(trainer, pl_module)
+
+    def _reduction(self, sizes: torch.Tensor, cost: dict[str, int]) -> dict[str, float]:
+        return {
+            "channels_reduction": 1 - float(sizes.sum()) / sum(self.sizes),
+            "macs_reduction": 1 - cost["macs"] / self.base["macs"],
+            "params_reduction": 1 - cost["params"] / self.base["params"],
+        }
+
+    def _counts_rule(self, sizes: torch.Tensor, costs: CostModel) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Per-group counts of a distribution for this step: a channel count, or the channels saving its MACs."""
+        capacity = self._capacity(sizes)
+        if self.target_type == "channels":
+            total = sum(self.sizes)
+            left = round(self.target * total) - (total - int(sizes.sum()))
+            count = min(max(round(self.step_size * total), 1), left)
+            return lambda probs: allocate(probs, count, capacity)
+        now = float(costs.cost(torch.zeros(len(sizes)))[0])
+        goal = min(self.step_size, self.target - (1 - now / self.base["macs"])) * self.base["macs"]
+        return lambda probs: allocate_for(probs, capacity, lambda c: now - float(costs.cost(c)[0]), goal)
+
+    # -- one pruning step ----------------------------------------------------------------------------------
+
+    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.search is None:
+            self.search = DistributionSearch(
+                self.sizes, self.seed, self.num_samples, self.updates, self.elite_size, self.noise, self.epsilon,
+                self.epsilon_decay, self.lr, self.clip,
+            )  # fmt: skip
+            if self._search_state is not None:
+                self.search.load_state_dict(self._search_state)
+        model = pl_module.model
+        inputs = surgery.example_input(model, pl_module.plan.input_shape)
+        graph = surgery.build_graph(model, inputs)
+        group_maps = {name: surgery.output_channel_maps(model, graph, name) for name in self.groups}
+        sizes = torch.tensor([surgery.out_channels(model.get_submodule(name)) for name in self.groups])
+        costs = CostModel.of(model, graph, self.groups, inputs)
+        counts_of = self._counts_rule(sizes, costs)
+        context = trainer.precision_plugin.forward_context
+        convs = list(dict.fromkeys(m for maps in group_maps.values() for m, _ in maps if isinstance(m, nn.Conv2d)))
+        taylor = _first_batches(trainer, pl_module, "train", self.taylor_batches) if self.criterion == "taylor" else ()
+        importance = group_importance(group_maps, filter_scores(model, convs, self.criterion, taylor, context))
+
+        def removals(counts: torch.Tensor) -> dict[str, list[int]]:
+            """The least important filters of each group, as many as `counts` says."""
+            pairs = zip(self.groups, counts.tolist(), strict=True)
+            return {name: removed_filters(importance[name], c) for name, c in pairs if c > 0}
+
+        def score(counts: torch.Tensor) -> list[dict[str, float]]:
+            """Each rank scores its share of the samples; the accuracies are summed across ranks."""
+            accs = torch.zeros(len(counts), dtype=torch.float64, device=pl_module.device)
+            for i in range(trainer.global_rank, len(counts), trainer.world_size):
+                removed = removals(counts[i]).items()
+                accs[i] = scorer.accuracy_of({name: keep_mask(len(importance[name]), r) for name, r in removed})
+            if trainer.world_size > 1:
+                accs = trainer.strategy.reduce(accs, reduce_op="sum")
+            macs, params = costs.cost(counts)
+            rows = []
+            for acc, m, p in zip(accs.tolist(), macs.tolist(), params.tolist(), strict=True):
+                red_macs, red_params = 1 - m / self.base["macs"], 1 - p / self.base["params"]
+                q = q_score(acc, red_macs, red_params, self.alpha, self.beta)
+                rows.append({"q": q, "accuracy": acc, "macs_reduction": red_macs, "params_reduction": red_params})
+            return rows
+
+        batches = _first_batches(trainer, pl_module, "val", self.reward_batches)
+        with GroupScorer(model, group_maps, batches, context) as scorer:
+            if self.p_star is None:
+                self.p_star = scorer.accuracy()
+            epsilon = self.search.epsilon
+            best = self.search.search(counts_of, score)
+        decision = trainer.strategy.broadcast(removals(best.counts), src=0)
+        for name, idxs in decision.items():
+            pl_module.prune(name, idxs, graph, trainer.optimizers)
+        if decision and isinstance(trainer.strategy.model, DistributedDataParallel):
+            trainer.strategy.model = pl_module
+            trainer.strategy.configure_ddp()
+        self._record(trainer, pl_module, decision, best.details, epsilon)
+
+    def _record(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        decision: dict[str, list[int]],
+        details: dict[str, float],
+        epsilon: float,
+    ) -> None:
+        model = pl_module.model
+        sizes = torch.tensor([surgery.out_channels(model.get_submodule(name)) for name in self.groups])
+        cost = model_cost(model, surgery.example_input(model, pl_module.plan.input_shape)).as_dict()
+        reduction = self._reduction(sizes, cost)
+        achieved = reduction[f"{self.target_type}_reduction"]
+        exhausted = not decision or int(self._capacity(sizes).sum()) == 0
+        self.done = achieved >= self.target - 1e-9 or exhausted
+        if exhausted and achieved < self.target - 1e-9:
+            rank_zero_warn(
+                f"DistributionPruneCallback: no channel is left to remove above min_keep={self.min_keep}; stopping "
+                f"at {achieved:.3f} of {self.target_type} instead of target={self.target}."
+            )
+        record = {
+            "step": len(self.history),
+            "epoch": trainer.current_epoch,
+            "removed": {name: len(idxs) for name, idxs in decision.items()},
+            "q": details["q"],
+            "decision_acc": details["accuracy"],
+            "epsilon": epsilon,
+            **cost,
+            **reduction,
+            "distribution": [round(p, 5) for p in self.search.probs.tolist()],
+        }
+        self.history.append(record)
+        if trainer.is_global_zero:
+            metrics = {f"prune/{k}": float(record[k]) for k in ("q", "decision_acc", "epsilon", "macs", "params")}
+            metrics.update({f"prune/{k}": v for k, v in reduction.items()})
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        rank_zero_info(
+            f"[DistributionPrune] step {record['step'] + 1}: removed {sum(record['removed'].values())} channels "
+            f"from {len(decision)} groups, val acc of the decision {details['accuracy']:.2f} "
+            f"(unpruned {self.p_star:.2f}), {self.target_type} -{100 * achieved:.1f}% (target "
+            f"{100 * self.target:.0f}%)"
+        )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.history:
+            return
+        if not self.done:
+            rank_zero_warn(
+                f"DistributionPruneCallback: training ended before the target ({self.target} of "
+                f"{self.target_type}) was reached; raise max_epochs."
+            )
+        directory = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        if not trainer.is_global_zero:
+            return
+        model = pl_module.model
+        final = {name: surgery.out_channels(model.get_submodule(name)) for name in self.groups}
+        summary = {
+            "target": self.target,
+            "target_type": self.target_type,
+            "baseline": {**self.base, "decision_acc": self.p_star},
+            "final": {k: v for k, v in self.history[-1].items() if k not in ("removed", "distribution")},
+            "groups": [
+                {"name": n, "before": s, "after": final[n]} for n, s in zip(self.groups, self.sizes, strict=True)
+            ],
+            "steps": self.history,
+        }
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "pruning_summary.json").write_text(json.dumps(summary, indent=2))
+
+    # -- resumable state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "groups": self.groups,
+            "sizes": self.sizes,
+            "base": self.base,
+            "p_star": self.p_star,
+            "done": self.done,
+            "history": self.history,
+            "search": self.search.state_dict() if self.search is not None else self._search_state,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.groups = list(state_dict["groups"])
+        self.sizes = list(state_dict["sizes"])
+        self.base = state_dict["base"]
+        self.p_star = state_dict["p_star"]
+        self.done = bool(state_dict["done"])
+        self.history = list(state_dict["history"])
+        self.search = None
+        self._search_state = state_dict["search"]
+
+
+def _first_batches(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, split: Literal["train", "val"], count: int
+) -> list:
+    """The first `count` batches of a split, in order, identical on every rank (no distributed sampler).
+
+    Drawn under a forked RNG, so data augmentation does not shift the training run's random stream.
+    """
+    if split == "val":
+        if trainer.val_dataloaders is None:
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        loader = trainer.val_dataloaders
+    else:
+        loader = trainer.train_dataloader
+    loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
+    if not isinstance(loader, DataLoader):
+        purpose = "scores samples on the validation split" if split == "val" else "needs training batches"
+        raise MisconfigurationException(
+            f"DistributionPruneCallback {purpose}: give the Trainer a {split} dataloader"
+            + (" held out from the training data (never the test split)." if split == "val" else ".")
+        )
+    sequential = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
+    batches = []
+    with torch.random.fork_rng(devices=[]):
+        for x, y in itertools.islice(sequential, count):
+            batches.append((trainer.precision_plugin.convert_input(x.to(pl_module.device)), y.to(pl_module.device)))
+    return batches

@@ -1,0 +1,161 @@
+"""What pruning did to a checkpoint's model: channels per pruned layer and whole-model params and MACs.
+
+The layers come from the pruning plan in the module's state dict and, when the checkpoint holds it, from
+`RLPruneCallback`'s state (which also has the layers the agents searched but left whole, and their accuracies).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lightning_prune import surgery
+from lightning_prune.export import CheckpointError, load_classifier, read_checkpoint
+from lightning_prune.measure import model_cost
+from lightning_prune.module import ImageClassifier
+from lightning_prune.plan import PruningPlan
+
+
+def _callback_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """RLPruneCallback's saved state: the callback entry with a pruning history."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and {"groups", "history", "baseline"} <= set(state):
+            return state
+    return None
+
+
+def _unpruned(module: ImageClassifier) -> ImageClassifier:
+    """A freshly built, unpruned copy of the checkpoint's module (same constructor arguments)."""
+    accepted = inspect.signature(ImageClassifier.__init__).parameters
+    return ImageClassifier(**{k: v for k, v in module.hparams.items() if k in accepted})
+
+
+def _percent_removed(before: int, after: int) -> float:
+    return round(100.0 * (1 - after / before), 2) if before else 0.0
+
+
+def build_report(path: str | Path) -> dict[str, Any]:
+    """Per-layer channels before/after and whole-model params and MACs (unpruned vs pruned) of a checkpoint.
+
+    Raises:
+        CheckpointError: unreadable file, not an ImageClassifier checkpoint, or no pruning information in it.
+    """
+    checkpoint = read_checkpoint(path)
+    plan = PruningPlan.from_state(checkpoint["state_dict"]["_extra_state"])
+    callback = _callback_state(checkpoint)
+    if not plan.steps and callback is None:
+        raise CheckpointError(
+            f"'{path}' holds no pruning information: its pruning plan is empty and it has no RLPruneCallback "
+            "state. Report a checkpoint saved after RLPruneCallback (or ImageClassifier.prune) removed channels."
+        )
+    pruned = load_classifier(path)
+    unpruned = _unpruned(pruned)
+    searched = {r["name"]: r for r in callback["history"]} if callback else {}
+    names = list(dict.fromkeys([*searched, *plan.layers]))
+    layers = []
+    for name in names:
+        before = surgery.out_channels(unpruned.model.get_submodule(name))
+        after = surgery.out_channels(pruned.model.get_submodule(name))
+        record = searched.get(name, {})
+        layers.append({
+            "name": name,
+            "before": before,
+            "after": after,
+            "removed_pct": _percent_removed(before, after),
+            "decision_acc": record.get("decision_acc"),
+        })  # fmt: skip
+    shape = plan.input_shape
+    cost_before = model_cost(unpruned.model, surgery.example_input(unpruned.model, shape))
+    cost_after = model_cost(pruned.model, surgery.example_input(pruned.model, shape))
+    totals = {
+        key: {
+            "before": getattr(cost_before, key),
+            "after": getattr(cost_after, key),
+            "removed_pct": _percent_removed(getattr(cost_before, key), getattr(cost_after, key)),
+        }
+        for key in ("params", "macs")
+    }
+    search = None
+    if callback is not None:
+        search = {
+            "layers_done": int(callback["done"]),
+            "layers_total": len(callback["groups"]),
+            "baseline_val_acc": (callback["baseline"] or {}).get("val_acc"),
+        }
+    return {
+        "checkpoint": str(path),
+        "model": pruned.hparams.get("model"),
+        "input_shape": list(shape),
+        "epoch": checkpoint.get("epoch"),
+        "layers": layers,
+        **totals,
+        "search": search,
+    }
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    """The per-layer table and the whole-model totals, with rich."""
+    console = console or Console()
+    with_acc = any(layer["decision_acc"] is not None for layer in report["layers"])
+    table = Table(title=f"Pruned layers of {report['model']} ({report['checkpoint']})")
+    table.add_column("layer")
+    for column in ("channels before", "channels after", "removed") + (("val acc of decision",) if with_acc else ()):
+        table.add_column(column, justify="right")
+    for layer in report["layers"]:
+        row = [layer["name"], str(layer["before"]), str(layer["after"]), f"{layer['removed_pct']:.1f}%"]
+        if with_acc:
+            row.append("-" if layer["decision_acc"] is None else f"{layer['decision_acc']:.2f}")
+        table.add_row(*row)
+    console.print(table)
+    for key, label in (("params", "params"), ("macs", "MACs")):
+        total = report[key]
+        console.print(
+            f"{label}: {total['before']:,} -> {total['after']:,} ({total['removed_pct']:.1f}% removed)",
+            highlight=False,
+        )
+    search = report["search"]
+    if search is not None:
+        acc = search["baseline_val_acc"]
+        console.print(
+            f"RLPruneCallback: {search['layers_done']}/{search['layers_total']} layers searched"
+            + (f"; val acc before pruning {acc:.2f}" if acc is not None else ""),
+            highlight=False,
+        )
+
+
+def plot_channels(report: dict[str, Any], path: str | Path) -> Path:
+    """Bar plot of channels per layer before and after pruning, written as an image (PNG by the suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = report["layers"]
+    positions = range(len(layers))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(layers) + 2), 4.5))
+    try:
+        ax.bar([p - 0.2 for p in positions], [layer["before"] for layer in layers], width=0.4, label="before")
+        ax.bar([p + 0.2 for p in positions], [layer["after"] for layer in layers], width=0.4, label="after")
+        ax.set_xticks(list(positions), [layer["name"] for layer in layers], rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("output channels")
+        ax.set_title(
+            f"{report['model']}: MACs -{report['macs']['removed_pct']:.1f}%, "
+            f"params -{report['params']['removed_pct']:.1f}%"
+        )
+        ax.legend()
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path

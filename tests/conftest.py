@@ -1,0 +1,103 @@
+"""Shared runs: the quickstart (one subprocess for the CLI and report tests) and tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+
+from lightning_prune import ImageClassifier
+from lightning_prune.data import EmbeddedFashionMNISTDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m lightning_prune.cli ARGS` from the repository root with the package importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_prune.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """`run_cli(*args)`: the command line in a subprocess, returning the completed process."""
+    return _run_cli
+
+
+@dataclass
+class QuickstartRun:
+    process: subprocess.CompletedProcess
+    seconds: float
+    log_dir: Path | None
+    summary: dict | None
+    checkpoint: Path | None
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
+    """`lightning-prune fit --config configs/quickstart.yaml` once, writing under a temporary directory."""
+    root = tmp_path_factory.mktemp("quickstart")
+    start = time.perf_counter()
+    process = _run_cli("fit", "--config", "configs/quickstart.yaml", "--trainer.default_root_dir", str(root))
+    seconds = time.perf_counter() - start
+    summaries = sorted(root.glob("lightning_logs/version_*/pruning_summary.json"))
+    log_dir = summaries[-1].parent if summaries else None
+    checkpoints = sorted(log_dir.glob("checkpoints/*.ckpt")) if log_dir else []
+    return QuickstartRun(
+        process=process,
+        seconds=seconds,
+        log_dir=log_dir,
+        summary=json.loads(summaries[-1].read_text()) if summaries else None,
+        checkpoint=checkpoints[-1] if checkpoints else None,
+    )
+
+
+def _fit_briefly(module: ImageClassifier, root: Path) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(module, datamodule=EmbeddedFashionMNISTDataModule(batch_size=64))
+    return trainer
+
+
+@pytest.fixture(scope="session")
+def tiny_pruned_layers() -> dict[str, list[int]]:
+    """Layers of the tiny VGG-11 (width 1/8) pruned by `tiny_checkpoints`, with the channels each one removes."""
+    return {"features.4": [0, 3, 5, 7, 9], "features.15": list(range(0, 64, 2)), "features.22": list(range(40))}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_pruned_layers) -> dict[str, Path]:
+    """Checkpoints of a tiny VGG-11 trained 2 steps: "unpruned", and "pruned" with `tiny_pruned_layers` removed."""
+    root = tmp_path_factory.mktemp("tiny")
+    pl.seed_everything(0)
+    module = ImageClassifier("vgg11", num_classes=10, in_channels=1, model_kwargs={"width": 0.125})
+    trainer = _fit_briefly(module, root)
+    trainer.save_checkpoint(root / "unpruned.ckpt")
+    for name, idxs in tiny_pruned_layers.items():
+        module.prune(name, idxs)
+    trainer = _fit_briefly(module, root)
+    trainer.save_checkpoint(root / "pruned.ckpt")
+    return {"unpruned": root / "unpruned.ckpt", "pruned": root / "pruned.ckpt"}

@@ -1,0 +1,219 @@
+"""RLPruneCallback: pruning inside `Trainer.fit` on every kind of network, determinism, the accuracy budget `b`,
+`min_keep`, reporting, and the setup-time checks of bad input."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from helpers import LAYERS, HookSpy, fast_callback, fast_trainer, steps, tiny_classifier, tiny_data
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from lightning_prune import ImageClassifier, RLPruneCallback
+from lightning_prune.policy import min_keep_count
+
+
+class AfterPruning(Callback):
+    """Snapshots of the pruned layers right after the last cut (it runs after RLPruneCallback's hook)."""
+
+    def __init__(self, layers: list[str], epoch: int) -> None:
+        self.layers, self.epoch = layers, epoch
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: ImageClassifier) -> None:
+        if trainer.current_epoch == self.epoch:
+            self.weights = {n: pl_module.model.get_submodule(n).weight.detach().clone() for n in self.layers}
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet56", "mobilenetv2_small", "inception_small"])
+def test_prunes_mid_fit_and_keeps_training(tmp_path, name):
+    pl.seed_everything(0)
+    width = 0.25 if name != "vgg11" else 0.125
+    module = tiny_classifier(name, width=width)
+    sizes = {n: module.model.get_submodule(n).out_channels for n in LAYERS[name]}
+    snapshot = AfterPruning(LAYERS[name], epoch=2)
+    trainer = fast_trainer(tmp_path, [fast_callback(layers=LAYERS[name]), snapshot], limit_train_batches=2)
+    trainer.fit(module, datamodule=tiny_data())
+
+    assert [s[0] for s in steps(module)] == LAYERS[name]
+    for layer, size in sizes.items():
+        weight = module.model.get_submodule(layer).weight
+        assert weight.shape[0] < size
+        assert weight.shape == snapshot.weights[layer].shape
+        assert not torch.equal(weight.detach(), snapshot.weights[layer]), f"{layer} stopped training after the cut"
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert all(id(p) in optimized for p in module.parameters() if p.requires_grad)
+    module.eval()
+    with torch.no_grad():
+        assert module(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_same_seed_gives_same_plan(tmp_path):
+    plans = []
+    for run in range(2):
+        pl.seed_everything(0)
+        module = tiny_classifier()
+        callback = fast_callback(init_keep=0.9, min_keep=0.1, agent_updates=3)
+        fast_trainer(tmp_path / str(run), [callback], limit_train_batches=2).fit(module, datamodule=tiny_data())
+        plans.append((steps(module), [h["keep_probs"] for h in callback.history]))
+    assert plans[0] == plans[1]
+
+
+@pytest.fixture(scope="module")
+def trained_vgg(tmp_path_factory):
+    """A small VGG trained to ~80% so that removing filters costs accuracy."""
+    pl.seed_everything(0)
+    module = tiny_classifier(optimizer="adam", lr=3e-3, scheduler="none")
+    root = tmp_path_factory.mktemp("trained")
+    fast_trainer(root, max_epochs=2, limit_train_batches=None, limit_val_batches=0).fit(
+        module, datamodule=tiny_data(batch_size=128, augment=False)
+    )
+    return module
+
+
+def _macs_after(module: ImageClassifier, root, b: float, seed: int) -> int:
+    module = copy.deepcopy(module)
+    callback = RLPruneCallback(
+        b=b, layers=["features.4", "features.8", "features.11"], finetune_epochs=0, seed=seed, reward_batches=2
+    )
+    trainer = fast_trainer(root, [callback], max_epochs=1, limit_train_batches=1)
+    trainer.fit(module, datamodule=tiny_data(batch_size=250, augment=False))
+    return callback.history[-1]["macs"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_larger_budget_removes_more(tmp_path, trained_vgg, seed):
+    tight = _macs_after(trained_vgg, tmp_path / "tight", b=0.5, seed=seed)
+    loose = _macs_after(trained_vgg, tmp_path / "loose", b=2.0, seed=seed)
+    assert loose < tight
+
+
+@pytest.mark.parametrize("min_keep", [3, 0.5])
+def test_min_keep_is_never_violated(tmp_path, min_keep):
+    pl.seed_everything(0)
+    module = tiny_classifier()
+    callback = fast_callback(init_keep=0.02, min_keep=min_keep, start_epoch=0, finetune_epochs=0)
+    fast_trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1).fit(module, datamodule=tiny_data())
+    assert [h["after"] for h in callback.history] == [min_keep_count(min_keep, h["before"]) for h in callback.history]
+
+
+def test_summary_file_and_logger_metrics(tmp_path):
+    pl.seed_everything(0)
+    logger = CSVLogger(tmp_path, name="run")
+    callback = fast_callback()
+    trainer = fast_trainer(tmp_path, [callback], logger=logger, log_every_n_steps=1)
+    trainer.fit(tiny_classifier(), datamodule=tiny_data())
+
+    summary = json.loads((tmp_path / "run" / "version_0" / "pruning_summary.json").read_text())
+    assert summary["b"] == 1.0
+    for key in ("baseline", "final"):
+        assert set(summary[key]) == {"params", "macs", "val_acc"}
+        assert isinstance(summary[key]["val_acc"], float)
+    assert summary["final"]["macs"] < summary["baseline"]["macs"]
+    assert [layer["name"] for layer in summary["layers"]] == LAYERS["vgg11"]
+    assert all(layer["after"] < layer["before"] for layer in summary["layers"])
+
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for key in ("prune/filters_after", "prune/macs", "prune/reward_mean", "prune/decision_acc"):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        assert values, f"{key} never reached the logger"
+    after = [float(r["prune/filters_after"]) for r in rows if r.get("prune/filters_after")]
+    assert after == [layer["after"] for layer in summary["layers"]]
+
+
+def test_layers_pruned_in_one_epoch_are_each_logged(tmp_path):
+    pl.seed_everything(0)
+    logger = CSVLogger(tmp_path, name="run")
+    callback = fast_callback(start_epoch=0, finetune_epochs=0)
+    fast_trainer(tmp_path, [callback], logger=logger, max_epochs=1, limit_train_batches=1).fit(
+        tiny_classifier(), datamodule=tiny_data()
+    )
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as f:
+        macs = [int(float(r["prune/macs"])) for r in csv.DictReader(f) if r.get("prune/macs")]
+    assert macs == [h["macs"] for h in callback.history]
+
+
+# -- bad input fails before any training time -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"b": 0}, "b=0 must be > 0"),
+        ({"b": -1.0}, "b=-1.0 must be > 0"),
+        ({"num_samples": 0}, "num_samples=0 must be >= 1"),
+        ({"min_keep": 0}, "min_keep=0 must be a count >= 1 or a fraction"),
+        ({"min_keep": 1.5}, "min_keep=1.5"),
+        ({"min_keep": 0.0}, "min_keep=0.0"),
+        ({"min_keep": True}, "min_keep=True"),
+        ({"layers": []}, "selects nothing"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, match):
+    with pytest.raises(MisconfigurationException, match=match):
+        RLPruneCallback(**kwargs)
+
+
+class NotAClassifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+
+
+class ValAccuracy(ImageClassifier):
+    """Logs its own validation metric names, so only a validation run tells what is logged."""
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_accuracy", self.val_acc.compute() * 100.0)
+        self.val_acc.reset()
+
+
+def _fails_in_setup(tmp_path, module, callback_kwargs, match, **trainer_kwargs):
+    spy = HookSpy()
+    trainer = fast_trainer(tmp_path, [fast_callback(**callback_kwargs), spy], **trainer_kwargs)
+    with pytest.raises(MisconfigurationException, match=match):
+        trainer.fit(module, datamodule=tiny_data())
+    return spy.calls
+
+
+@pytest.mark.parametrize(
+    ("module", "callback_kwargs", "trainer_kwargs", "match"),
+    [
+        (tiny_classifier(), {"layers": ["features.99"]}, {}, r"'features.99'.*features\.0, features\.4"),
+        (ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(1024, 10)), in_channels=1), {}, {}, "no prunable"),
+        (tiny_classifier(), {"min_keep": 8}, {}, r"min_keep=8 leaves nothing to prune in \{'features.4': 8\}"),
+        (tiny_classifier(), {}, {"max_epochs": 2}, "needs max_epochs >= 3"),
+        (tiny_classifier(), {"monitor": "val_accuracy"}, {}, "'val_accuracy' is never logged.*val_loss, val_acc"),
+        (tiny_classifier(), {}, {"limit_val_batches": 0}, "limit_val_batches=0"),
+        (NotAClassifier(), {}, {}, "needs a `lightning_prune.ImageClassifier`"),
+    ],
+    ids=["unknown-layer", "nothing-prunable", "min-keep-too-large", "max-epochs", "monitor", "no-val", "module"],
+)
+def test_bad_setup_fails_before_fit_starts(tmp_path, module, callback_kwargs, trainer_kwargs, match):
+    assert _fails_in_setup(tmp_path, module, callback_kwargs, match, **trainer_kwargs) == []
+
+
+def test_missing_validation_data_fails_in_setup(tmp_path):
+    data = tiny_data()
+    data.setup("fit")
+    spy = HookSpy()
+    trainer = fast_trainer(tmp_path, [fast_callback(), spy])
+    with pytest.raises(MisconfigurationException, match="no validation data"):
+        trainer.fit(tiny_classifier(), train_dataloaders=data.train_dataloader())
+    assert spy.calls == []
+
+
+def test_unlogged_monitor_fails_after_sanity_check_before_training(tmp_path):
+    spy = HookSpy()
+    trainer = fast_trainer(tmp_path, [fast_callback(), spy], num_sanity_val_steps=1)
+    with pytest.raises(MisconfigurationException, match="'val_acc' is not logged.*Logged metrics: val_accuracy"):
+        trainer.fit(ValAccuracy("vgg11", in_channels=1, model_kwargs={"width": 0.125}), datamodule=tiny_data())
+    assert spy.calls == ["fit_start"]

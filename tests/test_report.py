@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from lightning_prune.cli import main
+from lightning_prune.report import build_report
+
+
+@pytest.fixture(scope="module")
+def quickstart_checkpoint(quickstart):
+    """The checkpoint of the quickstart run shared with test_cli (slow the first time: about a minute)."""
+    if quickstart.checkpoint is None:
+        pytest.fail(f"the quickstart run wrote no checkpoint: {quickstart.process.stderr[-2000:]}")
+    return quickstart.checkpoint
+
+
+def test_report_of_callback_checkpoint_matches_run_summary(quickstart, quickstart_checkpoint, capsys):
+    assert main(["report", str(quickstart_checkpoint), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    summary = quickstart.summary
+    assert [layer["name"] for layer in data["layers"]] == [layer["name"] for layer in summary["layers"]]
+    for got, logged in zip(data["layers"], summary["layers"], strict=True):
+        assert (got["before"], got["after"]) == (logged["before"], logged["after"])
+        assert got["decision_acc"] == pytest.approx(logged["decision_acc"])
+    assert data["macs"] == {
+        "before": summary["baseline"]["macs"],
+        "after": summary["final"]["macs"],
+        "removed_pct": pytest.approx(100 * (1 - summary["final"]["macs"] / summary["baseline"]["macs"]), abs=0.01),
+    }
+    assert data["params"]["after"] == summary["final"]["params"]
+    assert data["search"] == {
+        "layers_done": 8,
+        "layers_total": 8,
+        "baseline_val_acc": pytest.approx(summary["baseline"]["val_acc"]),
+    }
+
+
+def test_report_prints_table(quickstart_checkpoint, capsys):
+    assert main(["report", str(quickstart_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    for text in ("features.0", "features.25", "channels before", "val acc of decision", "MACs:", "% removed"):
+        assert text in out
+    assert "8/8 layers searched" in out
+
+
+def test_report_plot_is_a_png(tiny_checkpoints, tmp_path, capsys):
+    plot = tmp_path / "plots" / "channels.png"
+    assert main(["report", str(tiny_checkpoints["pruned"]), "--plot", str(plot)]) == 0
+    assert f"Plot written to {plot}" in capsys.readouterr().out
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
+        assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_report_of_plan_without_callback(tiny_checkpoints, tiny_pruned_layers):
+    data = build_report(tiny_checkpoints["pruned"])
+    assert [layer["name"] for layer in data["layers"]] == list(tiny_pruned_layers)
+    full = {"features.4": 16, "features.15": 64, "features.22": 64}
+    for layer in data["layers"]:
+        removed = len(tiny_pruned_layers[layer["name"]])
+        assert (layer["before"], layer["after"]) == (full[layer["name"]], full[layer["name"]] - removed)
+        assert layer["decision_acc"] is None
+    assert data["search"] is None
+    assert 0 < data["macs"]["after"] < data["macs"]["before"]
+    assert 0 < data["params"]["after"] < data["params"]["before"]
+    assert data["input_shape"] == [1, 1, 32, 32]
+
+
+def test_json_and_plot_together(tiny_checkpoints, tmp_path, capsys):
+    plot = tmp_path / "c.png"
+    assert main(["report", str(tiny_checkpoints["pruned"]), "--json", "--plot", str(plot)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "vgg11"
+    assert plot.is_file()
+
+
+def test_unpruned_checkpoint_is_a_clear_error(tiny_checkpoints, capsys):
+    assert main(["report", str(tiny_checkpoints["unpruned"])]) == 2
+    err = capsys.readouterr().err
+    assert "holds no pruning information" in err and err.count("\n") == 1
+
+
+def test_bad_path_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing.ckpt"), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("lightning-prune report: error: No checkpoint at")

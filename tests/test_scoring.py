@@ -1,0 +1,347 @@
+"""Tests for `lightning_prune.scoring`: the cached engine against the full forward and physical removal."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_prune import surgery
+from lightning_prune.models import build_model
+from lightning_prune.policy import LayerSearch
+from lightning_prune.scoring import CandidateScorer, split_before
+
+EXAMPLE = torch.zeros(1, 3, 32, 32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine extra threads only wait for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine terms (so a zeroed conv output is not a zeroed BN output)
+    and a classifier whose predictions vary between inputs; eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.6 - 0.3)
+            elif isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
+    return model.eval()
+
+
+def _batches(model: nn.Module, n: int = 2, size: int = 24, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random inputs labelled with the unpruned model's predictions (its accuracy is 100).
+
+    The last linear layer's bias is set to cancel the features' mean over these inputs, so that predictions
+    differ between inputs and removing channels changes some of them."""
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(size, 3, 32, 32, generator=gen) + torch.randn(size, 3, 1, 1, generator=gen) for _ in range(n)]
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    features = []
+    handle = head.register_forward_pre_hook(lambda m, inputs: features.append(inputs[0]))
+    with torch.no_grad():
+        for x in xs:
+            model(x)
+        handle.remove()
+        head.bias.copy_(-head(torch.cat(features)).mean(0) + head.bias)
+        return [(x, model(x).argmax(-1)) for x in xs]
+
+
+def _pruned_accuracy(model: nn.Module, name: str, keep: torch.Tensor, batches: list) -> float:
+    net = copy.deepcopy(model)
+    removed = (~keep).nonzero().flatten().tolist()
+    if removed:
+        surgery.prune_step(net, surgery.build_graph(net, EXAMPLE), [name, True, removed])
+    with torch.no_grad():
+        correct = sum(int((net(x).argmax(-1) == y).sum()) for x, y in batches)
+    return 100.0 * correct / sum(len(y) for _, y in batches)
+
+
+def _keep_masks(size: int, seed: int) -> list[torch.Tensor]:
+    """A mild mask (folded into the next convolution's weights) and a strong one (its input channels sliced)."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = []
+    for fraction in (0.1, 0.6):
+        keep = torch.ones(size, dtype=torch.bool)
+        keep[torch.randperm(size, generator=gen)[: max(1, int(fraction * size))]] = False
+        masks.append(keep)
+    return masks
+
+
+CASES = [
+    ("vgg11", {"width": 0.25}, ["features.0", "features.8", "features.15", "features.25"]),
+    ("resnet20", {"width": 0.5}, ["conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.conv2", "layer3.2.conv1"]),
+    ("mobilenetv2_small", {"width": 0.5}, ["features.0.0", "features.2.conv.0.0", "features.4.conv.2.0"]),
+    (
+        "inception_small",
+        {"width": 0.25},
+        ["stem.0", "inception1.branch1.0", "inception2.branch3.1.0", "inception3.branch4.1.0"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "layers"), CASES, ids=[c[0] for c in CASES])
+def test_cached_equals_uncached_equals_physical_removal(name: str, kwargs: dict, layers: list[str]) -> None:
+    model = _randomized(build_model(name, num_classes=10, **kwargs))
+    batches = _batches(model)
+    graph = surgery.build_graph(model, EXAMPLE)
+    groups = surgery.select_groups(surgery.channel_groups(model, graph, EXAMPLE), layers)
+    assert len(groups) >= len(layers)
+    accuracies = []
+    for i, group in enumerate(groups):
+        maps = surgery.output_channel_maps(model, graph, group.name)
+        masks = _keep_masks(group.size, seed=i)
+        with CandidateScorer(model, maps, batches, cache=True) as cached:
+            assert cached.cached, group.name
+            fast = [cached.accuracy(), *(cached.accuracy(k) for k in masks), cached.accuracy(masks[0])]
+        with CandidateScorer(model, maps, batches, cache=False) as full:
+            assert not full.cached
+            slow = [full.accuracy(), *(full.accuracy(k) for k in masks), full.accuracy(masks[0])]
+        assert fast == slow, group.name
+        assert fast[0] == 100.0 and fast[2] == _pruned_accuracy(model, group.name, masks[1], batches), group.name
+        assert fast[1] == fast[3], group.name  # the cache survives scoring other candidates
+        accuracies += fast[1:3]
+    assert min(accuracies) < 100.0  # the masks change predictions: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("layer", ["features.4", "features.22"])
+def test_split_outputs_match_the_physically_pruned_model(layer: str) -> None:
+    model = _randomized(build_model("vgg11", num_classes=10, width=0.25))
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, layer)
+    split = split_before(model, maps)
+    assert split is not None
+    x = torch.randn(8, 3, 32, 32)
+    for keep in _keep_masks(len(maps[0][1]), seed=1):
+        net = copy.deepcopy(model)
+        surgery.prune_step(net, surgery.build_graph(net, EXAMPLE), [layer, True, (~keep).nonzero().flatten().tolist()])
+        with torch.no_grad():
+            split.set(keep)
+            torch.testing.assert_close(split.suffix(*split.prefix(x)), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_caches_only_what_no_mask_affects() -> None:
+    """A late VGG layer: the prefix hands a single activation to a suffix that is a small part of the model."""
+    model = build_model("vgg11", num_classes=10, width=0.25).eval()
+    graph = surgery.build_graph(model, EXAMPLE)
+    split = split_before(model, surgery.output_channel_maps(model, graph, "features.22"))
+    assert split is not None
+    with torch.no_grad():
+        values = split.prefix(torch.randn(2, 3, 32, 32))
+    assert len(values) == 1 and values[0].shape[1] == 128  # the pooled output of the masked layer's block
+    suffix_convs = [n for n in split.suffix.graph.nodes if n.op == "call_module" and "features" in n.target]
+    assert len(suffix_convs) <= 6
+
+
+def test_cache_memory_bound_falls_back_to_the_full_forward() -> None:
+    model = _randomized(build_model("resnet20", num_classes=10, width=0.25))
+    batches = _batches(model)
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, "layer1.0.conv1")
+    masks = _keep_masks(len(maps[0][1]), seed=0)
+    with CandidateScorer(model, maps, batches, max_cache_mb=1e-3) as tiny:
+        assert not tiny.cached
+        bounded = [tiny.accuracy(k) for k in masks]
+    with CandidateScorer(model, maps, batches, max_cache_mb=64) as roomy:
+        assert roomy.cached
+        assert [roomy.accuracy(k) for k in masks] == bounded
+
+
+def _state(model: nn.Module) -> tuple:
+    return (
+        [m.training for m in model.modules()],
+        [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()],
+        [(p.data_ptr(), p.stride(), p.requires_grad) for p in model.parameters()],
+        [b.data_ptr() for b in model.buffers()],
+    )
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("fail", [False, True])
+def test_model_is_restored_on_exit(cache: bool, fail: bool) -> None:
+    model = build_model("vgg11", num_classes=10, width=0.125).train()
+    model.features[1].eval()  # a mixed mode must come back as it was
+    batches = _batches(model.eval(), n=1, size=4)
+    model.train()
+    model.features[1].eval()
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, "features.4")
+    before = _state(model)
+    with pytest.raises(RuntimeError, match="boom") if fail else nullcontext():
+        with CandidateScorer(model, maps, batches, cache=cache) as scorer:
+            assert not model.training
+            assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+            scorer.accuracy(torch.arange(len(maps[0][1])) % 2 == 0)
+            if fail:
+                raise RuntimeError("boom")
+    assert _state(model) == before
+    assert model.features[0].weight.is_contiguous()
+
+
+def test_channels_last_model_stays_channels_last() -> None:
+    model = build_model("vgg11", num_classes=10, width=0.125).to(memory_format=torch.channels_last).eval()
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, "features.0")
+    with CandidateScorer(model, maps, _batches(model, n=1, size=4)) as scorer:
+        assert scorer.accuracy() == 100.0
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow: `torch.fx` cannot trace it (torch-pruning, which runs it, can)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        if x.sum() > 0:
+            x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_untraceable_model_is_scored_with_the_full_forward() -> None:
+    model = _randomized(_Untraceable())
+    batches = _batches(model)
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, "conv1")
+    assert split_before(model, maps) is None
+    keep = torch.tensor([True, False, True, False, False, True, True, False])
+    expected = _pruned_accuracy(model, "conv1", keep, batches)
+    with CandidateScorer(model, maps, batches, cache=True) as scorer:
+        assert not scorer.cached
+        assert scorer.accuracy(keep) == expected < 100.0
+        assert scorer.accuracy() == 100.0
+
+
+class _InPlaceMerge(nn.Module):
+    """`a += b` writes into a value that no mask affects (cached) from a masked branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.conv_b, self.bn_b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv_a(x)
+        a += self.bn_b(self.conv_b(x))
+        return self.fc(a.mean((2, 3)))
+
+
+class _InPlaceAfterReader(nn.Module):
+    """A mask-independent in-place op after a masked reader: computing it first would change the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.conv_b, self.bn_b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv_a(x)
+        c = a * self.bn_b(self.conv_b(x))
+        a.relu_()
+        return self.fc((c + a).mean((2, 3)))
+
+
+def _hooked_output(model: nn.Module, module: nn.Module, keep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    handle = module.register_forward_hook(lambda m, i, out: out * keep.float().view(1, -1, 1, 1))
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        handle.remove()
+
+
+def test_cached_values_are_protected_from_in_place_ops() -> None:
+    model = _randomized(_InPlaceMerge())
+    maps = [(model.bn_b, torch.arange(4))]
+    split = split_before(model, maps)
+    assert split is not None
+    x, keep = torch.randn(3, 3, 8, 8), torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        cached = split.prefix(x)
+        split.set(keep)
+        first, second = split.suffix(*cached), split.suffix(*cached)
+    torch.testing.assert_close(first, _hooked_output(model, model.bn_b, keep, x))
+    torch.testing.assert_close(second, first)
+
+
+def test_unsafe_reordering_falls_back_to_the_full_forward() -> None:
+    model = _randomized(_InPlaceAfterReader())
+    maps = [(model.bn_b, torch.arange(4))]
+    assert split_before(model, maps) is None
+    x = torch.randn(6, 3, 8, 8)
+    keep = torch.tensor([True, False, False, True])
+    expected = _hooked_output(model, model.bn_b, keep, x).argmax(-1)
+    with torch.no_grad():
+        labels = model(x).argmax(-1)
+    with CandidateScorer(model, maps, [(x, labels)]) as scorer:
+        assert not scorer.cached
+        assert scorer.accuracy(keep) == 100.0 * float((expected == labels).float().mean())
+
+
+def test_decisions_identical_with_and_without_the_engine() -> None:
+    model = _randomized(build_model("vgg11", num_classes=10, width=0.25))
+    batches = _batches(model, n=2, size=32)
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, "features.8")
+    weight = model.get_submodule("features.8").weight
+    runs = []
+    for cache in (True, False):
+        search = LayerSearch(weight, min_keep=2, seed=3, lr=0.2, init_keep=0.6)
+        trace = []
+        with CandidateScorer(model, maps, batches, cache=cache) as scorer:
+            assert scorer.cached == cache
+            for _ in range(4):
+                masks = search.sample(6)
+                accs = [scorer.accuracy(m) for m in masks]
+                search.update(masks, torch.tensor(accs) - 0.5 * masks.sum(1))
+                trace.append((masks, accs))
+        runs.append((trace, search.decision(), search.probs()))
+    (trace_a, decision_a, probs_a), (trace_b, decision_b, probs_b) = runs
+    for (masks_a, accs_a), (masks_b, accs_b) in zip(trace_a, trace_b, strict=True):
+        assert torch.equal(masks_a, masks_b)
+        assert accs_a == accs_b
+    assert len({a for _, accs in trace_a for a in accs}) > 1  # candidates were told apart
+    assert torch.equal(decision_a, decision_b)
+    assert torch.equal(probs_a, probs_b)
+
+
+def test_keep_mask_of_the_wrong_size_is_rejected() -> None:
+    model = build_model("vgg11", num_classes=10, width=0.125).eval()
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, "features.0")
+    with CandidateScorer(model, maps, _batches(model, n=1, size=2)) as scorer:
+        with pytest.raises(ValueError, match="has 3 entries but the group has 8 channels"):
+            scorer.accuracy(torch.ones(3, dtype=torch.bool))
+
+
+def test_autocast_forward_context_gives_the_same_accuracies() -> None:
+    model = _randomized(build_model("resnet20", num_classes=10, width=0.25))
+    batches = _batches(model)
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, "layer2.0.conv1")
+    masks = _keep_masks(len(maps[0][1]), seed=2)
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731 - a forward-context factory
+    results = []
+    for cache in (True, False):
+        with CandidateScorer(model, maps, batches, forward_context=bf16, cache=cache) as scorer:
+            assert scorer.cached == cache
+            results.append([scorer.accuracy(k) for k in masks])
+    assert results[0] == results[1]
