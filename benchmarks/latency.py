@@ -16,6 +16,7 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import platform
 from collections.abc import Sequence
 
@@ -83,8 +84,10 @@ def measure(
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    load_before = os.getloadavg()
     if args.checkpoint:
         original, pruned, shape = from_checkpoint(args.checkpoint)
     else:
@@ -100,6 +103,8 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "config": vars(args),
+        "threads": torch.get_num_threads(),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "original": cost_original.as_dict(),
         "pruned": cost_pruned.as_dict(),
         "macs_ratio": round(macs_ratio, 3),
@@ -118,7 +123,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     layouts = ["contiguous", "channels_last"]
     parser.add_argument("--layouts", nargs="+", choices=layouts, default=layouts, help="memory layouts to time")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: OMP_NUM_THREADS)")
     parser.add_argument("--repeats", type=int, default=30, help="timed forwards; the median is reported")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)

@@ -7,12 +7,15 @@ Methods, per layer:
           (channels_last, inference mode).
   engine  `CandidateScorer(cache=True)`: cached prefix, only the mask-dependent rest per candidate.
 
-Masked and engine timings are the best of `--repeats` runs, naive runs once (it is by far the slowest). The
-engine's one-time setup per layer (trace + prefix over the batches) is reported separately and amortized
-over `--updates` agent updates (the callback's `agent_updates`) in the per-update totals. `bound_ratio` is the
-engine's candidate time over the time the suffix needs at the dense throughput of this run: suffix MACs
-(convolutions and linear layers after the cut, at full width) x samples x K / (full-model MACs x samples /
-time of one plain channels_last forward). Inputs are random: only time matters, and every method must report the
+Every candidate is timed on its own, the methods interleaved candidate by candidate (the machine is shared:
+they see the same load), and a method's time for one update is K x its median candidate time (the median
+resists bursts of other load). Masked and engine score the K candidates `--repeats` times, each time with a
+fresh scorer, naive once (it is by far the slowest). The engine's one-time setup per layer (trace +
+prefix over the batches) is reported separately and amortized over `--updates` agent updates (the callback's
+`agent_updates`) in the per-update totals. `bound_ratio` is the engine's candidate time over the time the
+suffix needs at the dense throughput of this run: suffix MACs (convolutions and linear layers after the cut,
+at full width) x samples x K / (full-model MACs x samples / median time of a plain channels_last forward,
+timed at the start and after every layer). Inputs are random: only time matters, and every method must report the
 same accuracies (`max_accuracy_difference`).
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/search_speed.py                # full width VGG-16
@@ -25,9 +28,11 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from statistics import median
 
 import torch
 from torch import nn
@@ -77,47 +82,41 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return (time.perf_counter() - start) * 1e3, result
 
 
-def dense_time_ms(model: nn.Module, batches: Sequence[Batch], channels_last: bool, repeats: int) -> float:
-    """Best of `repeats` plain forwards over all batches (after one warm-up)."""
+def dense_times_ms(model: nn.Module, batches: Sequence[Batch], channels_last: bool, repeats: int) -> list[float]:
+    """Times of `repeats` plain forwards over all batches (after one warm-up)."""
     net = copy.deepcopy(model)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         correct_count(net, batches, channels_last)
-        return min(timed(lambda: correct_count(net, batches, channels_last))[0] for _ in range(repeats))
+        return [timed(lambda: correct_count(net, batches, channels_last))[0] for _ in range(repeats)]
 
 
-def naive_update(
-    model: nn.Module, name: str, masks: torch.Tensor, batches: Sequence[Batch], example: torch.Tensor
-) -> tuple[float, list[float]]:
-    """Per candidate: copy the model, build its dependency graph, remove the channels, run the batches."""
-    total = sum(y.numel() for _, y in batches)
+def naive_score(
+    model: nn.Module, name: str, keep: torch.Tensor, batches: Sequence[Batch], example: torch.Tensor
+) -> tuple[float, float]:
+    """(ms, accuracy): copy the model, build its dependency graph, remove the channels, run the batches."""
 
-    def score(keep: torch.Tensor) -> float:
+    def score() -> float:
         net = copy.deepcopy(model)
         removed = (~keep).nonzero().flatten().tolist()
         if removed:
             surgery.prune_step(net, surgery.build_graph(net, example), [name, True, removed])
         with torch.inference_mode():
-            return 100.0 * correct_count(net, batches) / total
+            return 100.0 * correct_count(net, batches) / sum(y.numel() for _, y in batches)
 
-    ms, accs = timed(lambda: [score(keep) for keep in masks])
-    return ms, accs
+    return timed(score)
 
 
-def scorer_update(
-    model: nn.Module, maps: list, masks: torch.Tensor, batches: Sequence[Batch], cache: bool, repeats: int
-) -> tuple[float, float, list[float], bool]:
-    """(setup ms, candidates ms, accuracies, whether the prefix was cached), each time the best of `repeats`."""
-    setups, times = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with CandidateScorer(model, maps, batches, cache=cache) as scorer:
-            setups.append((time.perf_counter() - start) * 1e3)
-            ms, accs = timed(lambda scorer=scorer: [scorer.accuracy(keep) for keep in masks])
-            times.append(ms)
-            cached = scorer.cached
-    return min(setups), min(times), accs, cached
+def scorer_score(
+    model: nn.Module, maps: list, keep: torch.Tensor, batches: Sequence[Batch], cache: bool
+) -> tuple[float, float, float, bool]:
+    """(setup ms, scoring ms, accuracy, whether the prefix was cached) with a fresh `CandidateScorer`."""
+    start = time.perf_counter()
+    with CandidateScorer(model, maps, batches, cache=cache) as scorer:
+        setup = (time.perf_counter() - start) * 1e3
+        ms, accuracy = timed(lambda: scorer.accuracy(keep))
+        return setup, ms, accuracy, scorer.cached
 
 
 def suffix_macs(model: nn.Module, maps: list, example: torch.Tensor) -> int:
@@ -130,9 +129,18 @@ def suffix_macs(model: nn.Module, maps: list, example: torch.Tensor) -> int:
     return count_macs(lambda: split.suffix(*values), model)
 
 
+def _rounded(row: dict) -> dict:
+    def r(v: object) -> object:
+        return round(v, 2) if isinstance(v, float) else [r(x) for x in v] if isinstance(v, list) else v
+
+    return {key: r(value) for key, value in row.items()}
+
+
 def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    load_before = os.getloadavg()
     model = build_model(args.model, num_classes=10, width=args.width).eval()
     example = torch.zeros(1, 3, 32, 32)
     inputs = [torch.randn(args.batch_size, 3, 32, 32) for _ in range(args.batches)]
@@ -141,8 +149,9 @@ def run(args: argparse.Namespace) -> dict:
     samples = args.batch_size * args.batches
 
     full_macs = count_macs(lambda: model(example), model)
-    dense_ms = dense_time_ms(model, batches, channels_last=True, repeats=args.dense_repeats)
-    dense_contiguous_ms = dense_time_ms(model, batches, channels_last=False, repeats=1)
+    dense = dense_times_ms(model, batches, channels_last=True, repeats=args.dense_repeats)
+    dense_contiguous_ms = median(dense_times_ms(model, batches, channels_last=False, repeats=1))
+    k = args.num_samples
 
     graph = surgery.build_graph(model, example)
     groups = surgery.select_groups(surgery.channel_groups(model, graph, example), args.layers)
@@ -150,39 +159,50 @@ def run(args: argparse.Namespace) -> dict:
     for group in groups:
         maps = surgery.output_channel_maps(model, graph, group.name)
         weight = model.get_submodule(group.name).weight
-        masks = LayerSearch(weight, min_keep_count(0.1, group.size), seed=args.seed).sample(args.num_samples)
-        macs = suffix_macs(model, maps, example)
+        masks = LayerSearch(weight, min_keep_count(0.1, group.size), seed=args.seed).sample(k)
         row: dict = {
             "name": group.name,
             "channels": group.size,
             "removed_mean": round(float((~masks).sum(1).float().mean()), 2),
-            "suffix_macs": macs,
+            "suffix_macs": suffix_macs(model, maps, example),
         }
-        accuracies = []
-        if "naive" in args.methods:
-            row["naive_ms"], accs = naive_update(model, group.name, masks, batches, example)
-            accuracies.append(accs)
-        for method, cache in (("masked", False), ("engine", True)):
-            if method in args.methods:
-                setup, ms, accs, cached = scorer_update(model, maps, masks, batches, cache, args.repeats)
-                row[f"{method}_setup_ms"], row[f"{method}_ms"] = setup, ms
-                row[f"{method}_update_ms"] = ms + setup / args.updates
-                if cache:
-                    row["cached"] = cached
-                accuracies.append(accs)
+        times: dict[str, list[float]] = {m: [] for m in args.methods}
+        setups: dict[str, list[float]] = {m: [] for m in args.methods}
+        accuracies: dict[str, list[float]] = {m: [0.0] * k for m in args.methods}
+        for repeat in range(args.repeats):  # methods interleaved per candidate: they see the same load
+            for i, keep in enumerate(masks):
+                for method in args.methods:
+                    if method == "naive":
+                        if repeat == 0:
+                            ms, accuracies[method][i] = naive_score(model, group.name, keep, batches, example)
+                            times[method].append(ms)
+                        continue
+                    setup, ms, accuracies[method][i], cached = scorer_score(
+                        model, maps, keep, batches, cache=method == "engine"
+                    )
+                    setups[method].append(setup)
+                    times[method].append(ms)
+                    if method == "engine":
+                        row["cached"] = cached
+        for method in args.methods:
+            row[f"{method}_ms"] = k * median(times[method])
+            row[f"{method}_candidate_ms_min_max"] = [min(times[method]), max(times[method])]
+            if setups[method]:
+                row[f"{method}_setup_ms"] = median(setups[method])
+                row[f"{method}_update_ms"] = row[f"{method}_ms"] + row[f"{method}_setup_ms"] / args.updates
+        dense += dense_times_ms(model, batches, channels_last=True, repeats=1)
+        accuracies = list(accuracies.values())
         row["max_accuracy_difference"] = max(
             (max(abs(a - b) for a, b in zip(accuracies[0], other, strict=True)) for other in accuracies[1:]),
             default=0.0,
         )
-        layers.append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+        layers.append(_rounded(row))
         print(json.dumps(layers[-1]), flush=True)
 
-    # the dense throughput is timed again at the end: the best of both is the least disturbed by other load
-    dense_ms = min(dense_ms, dense_time_ms(model, batches, channels_last=True, repeats=args.dense_repeats))
-    macs_per_ms = full_macs * samples / dense_ms
+    macs_per_ms = full_macs * samples / median(dense)
     for row in layers:
         row["suffix_macs_fraction"] = round(row.pop("suffix_macs") / full_macs, 4)
-        row["bound_ms"] = round(row["suffix_macs_fraction"] * full_macs * samples * args.num_samples / macs_per_ms, 2)
+        row["bound_ms"] = round(row["suffix_macs_fraction"] * full_macs * samples * k / macs_per_ms, 2)
         if "engine_ms" in row:
             row["bound_ratio"] = round(row["engine_ms"] / row["bound_ms"], 3)
 
@@ -194,9 +214,12 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "config": vars(args),
+        "threads": torch.get_num_threads(),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "samples": samples,
         "full_macs_per_sample": full_macs,
-        "dense_ms_channels_last": round(dense_ms, 2),
+        "dense_ms_channels_last": round(median(dense), 2),
+        "dense_ms_channels_last_min_max": [round(min(dense), 2), round(max(dense), 2)],
         "dense_ms_contiguous": round(dense_contiguous_ms, 2),
         "dense_gmacs_per_s": round(macs_per_ms / 1e6, 2),
         "layers": layers,
@@ -221,10 +244,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--batches", type=int, default=1, help="validation batches per candidate")
     parser.add_argument("--num-samples", type=int, default=8, help="candidates per agent update (K)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: OMP_NUM_THREADS)")
     parser.add_argument("--updates", type=int, default=10, help="agent updates the engine's setup is spread over")
-    parser.add_argument("--repeats", type=int, default=2, help="masked/engine timings: best of this many")
-    parser.add_argument("--dense-repeats", type=int, default=3, help="dense-throughput forwards: best of this many")
+    parser.add_argument("--repeats", type=int, default=2, help="times masked and engine score the K candidates")
+    parser.add_argument("--dense-repeats", type=int, default=3, help="dense forwards timed at the start")
     parser.add_argument("--layers", nargs="+", default=None, help="layer names or patterns (default: all)")
     parser.add_argument("--methods", nargs="+", default=["naive", "masked", "engine"])
     parser.add_argument("--seed", type=int, default=0)

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.seed import isolate_rng
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -35,6 +36,12 @@ class RLPruneCallback(Callback):
     The reward is `(1 - (p* - p) / b) * log(N / kept)` where `p*` is the validation accuracy (points) of the
     unpruned model before pruning began and `p` that of the candidate: `b` is the accuracy drop the whole
     network may lose, in percentage points.
+
+    Under DDP every rank scores a share of the masks on the same batches (the first `reward_batches` of the
+    validation split, read in order) and applies rank 0's decision. The search leaves the global random
+    streams as it found them, and the callback's checkpoint state holds them, so a resumed run continues with
+    the data order of an uninterrupted one. Bad settings fail at `setup`, before any training (a `monitor` that only a
+    validation run can reveal: at the end of the sanity check).
 
     Args:
         b: allowed accuracy drop of the whole network in percentage points (> 0).
@@ -127,7 +134,6 @@ class RLPruneCallback(Callback):
         self.baseline: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.last_search: dict[str, Any] | None = None
-        self._pending_rng: dict[str, Any] | None = None
         self._monitor_checked = False
 
     # -- hyper-parameters as plain data (loggers' run config) --------------------------------------------
@@ -235,12 +241,12 @@ class RLPruneCallback(Callback):
         return self.start_epoch + k * self.finetune_epochs
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._pending_rng is not None:
-            _set_rng(self._pending_rng)
-            self._pending_rng = None
-        while self.done < len(self.groups) and self._epoch_of(self.done) <= trainer.current_epoch:
-            self._prune_group(trainer, pl_module, self.groups[self.done])
-            self.done += 1
+        # The search leaves the global random streams as they were, so the data order and augmentation of
+        # training are those of a run without pruning, and a resumed run continues them exactly.
+        with isolate_rng():
+            while self.done < len(self.groups) and self._epoch_of(self.done) <= trainer.current_epoch:
+                self._prune_group(trainer, pl_module, self.groups[self.done])
+                self.done += 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.baseline is None:
@@ -344,7 +350,10 @@ class RLPruneCallback(Callback):
         self.baseline = state_dict["baseline"]
         self.history = list(state_dict["history"])
         self.last_search = state_dict.get("last_search")
-        self._pending_rng = state_dict.get("rng")
+        if state_dict.get("rng") is not None:
+            # At once, not at the next epoch start: Lightning draws the first epoch's data order (and prefetches
+            # a batch) before any epoch hook of a resumed run.
+            _set_rng(state_dict["rng"])
 
 
 # -- helpers: data, distribution, random state ---------------------------------------------------------------
@@ -359,7 +368,7 @@ def _declared_metrics(trainer: pl.Trainer, pl_module: ImageClassifier) -> tuple[
     """What validation logs, known before it runs: an ImageClassifier whose validation code is its own and no
     callback from outside Lightning and this package (those may log too). None: only a validation run tells."""
     hooks = ("validation_step", "_step", "_log_accuracy", "on_validation_epoch_end", "on_validation_batch_end")
-    if any(getattr(type(pl_module), h) is not getattr(ImageClassifier, h) for h in hooks):
+    if any(getattr(type(pl_module), h, None) is not getattr(ImageClassifier, h, None) for h in hooks):
         return None
     own = ("pytorch_lightning", "lightning", "lightning_prune")
     if any(type(cb).__module__.split(".")[0] not in own for cb in trainer.callbacks):

@@ -5,8 +5,8 @@ that each group gives up. It starts proportional to the groups' widths (every gr
 Each search update draws noised copies of it (log-normal noise; with probability epsilon a uniformly random
 distribution instead), turns each into per-group counts, scores it with
 `Q = accuracy + alpha * MACs reduction + beta * params reduction` (all in percentage points), keeps the best
-samples in an elite buffer and moves the distribution toward the elites' mean with a clipped step (no entry
-changes by more than a factor `1 +- clip`). Epsilon decays with every update.
+samples in an elite buffer and moves the distribution toward the elites' mean with a clipped step (before
+renormalising, no entry changes by more than a factor `1 +- clip`). Epsilon decays with every update.
 
 Evaluating a sample needs three more pieces, also here: which filters a count removes inside a group
 (`filter_scores`, `group_importance`, `removed_filters`), what the counts save (`CostModel`), and the accuracy
@@ -107,7 +107,7 @@ def q_score(accuracy: float, macs_reduction: float, params_reduction: float, alp
 
 
 def clipped_step(probs: torch.Tensor, target: torch.Tensor, lr: float, clip: float) -> torch.Tensor:
-    """Move `probs` a fraction `lr` toward `target`, no entry changing by more than a factor `1 +- clip`."""
+    """Move `probs` a fraction `lr` toward `target`, each entry by at most a factor `1 +- clip`, renormalised."""
     proposal = probs + lr * (target - probs)
     moved = probs * (proposal / probs).clamp(1 - clip, 1 + clip)
     return moved / moved.sum()

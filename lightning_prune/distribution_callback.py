@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -18,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from lightning_prune import surgery
+from lightning_prune import surgery, tracking
 from lightning_prune.distribution import (
     CRITERIA,
     CostModel,
@@ -247,16 +245,17 @@ class DistributionPruneCallback(Callback):
         }
 
     def _counts_rule(self, sizes: torch.Tensor, costs: CostModel) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Per-group counts of a distribution for this step: a channel count, or the channels saving its MACs."""
+        """Per-group counts of a distribution for this step: step k removes what is left to reach
+        `min(target, (k + 1) * step_size)` (so rounding never adds a step), in channels or in MACs."""
         capacity = self._capacity(sizes)
+        goal = min(self.target, (len(self.history) + 1) * self.step_size)
         if self.target_type == "channels":
             total = sum(self.sizes)
-            left = round(self.target * total) - (total - int(sizes.sum()))
-            count = min(max(round(self.step_size * total), 1), left)
+            count = max(round(goal * total) - (total - int(sizes.sum())), 1)
             return lambda probs: allocate(probs, count, capacity)
         now = float(costs.cost(torch.zeros(len(sizes)))[0])
-        goal = min(self.step_size, self.target - (1 - now / self.base["macs"])) * self.base["macs"]
-        return lambda probs: allocate_for(probs, capacity, lambda c: now - float(costs.cost(c)[0]), goal)
+        saving = (goal - 1) * self.base["macs"] + now
+        return lambda probs: allocate_for(probs, capacity, lambda c: now - float(costs.cost(c)[0]), saving)
 
     # -- one pruning step ----------------------------------------------------------------------------------
 
@@ -328,9 +327,13 @@ class DistributionPruneCallback(Callback):
         cost = model_cost(model, surgery.example_input(model, pl_module.plan.input_shape)).as_dict()
         reduction = self._reduction(sizes, cost)
         achieved = reduction[f"{self.target_type}_reduction"]
+        if self.target_type == "channels":
+            achieved_target = sum(self.sizes) - int(sizes.sum()) >= round(self.target * sum(self.sizes))
+        else:
+            achieved_target = achieved >= self.target
         exhausted = not decision or int(self._capacity(sizes).sum()) == 0
-        self.done = achieved >= self.target - 1e-9 or exhausted
-        if exhausted and achieved < self.target - 1e-9:
+        self.done = achieved_target or exhausted
+        if not achieved_target and exhausted:
             rank_zero_warn(
                 f"DistributionPruneCallback: no channel is left to remove above min_keep={self.min_keep}; stopping "
                 f"at {achieved:.3f} of {self.target_type} instead of target={self.target}."
@@ -367,23 +370,23 @@ class DistributionPruneCallback(Callback):
                 f"DistributionPruneCallback: training ended before the target ({self.target} of "
                 f"{self.target_type}) was reached; raise max_epochs."
             )
-        directory = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
-        if not trainer.is_global_zero:
-            return
         model = pl_module.model
         final = {name: surgery.out_channels(model.get_submodule(name)) for name in self.groups}
+        val_acc = trainer.callback_metrics.get("val_acc")
         summary = {
             "target": self.target,
             "target_type": self.target_type,
-            "baseline": {**self.base, "decision_acc": self.p_star},
-            "final": {k: v for k, v in self.history[-1].items() if k not in ("removed", "distribution")},
-            "groups": [
+            "baseline": {**self.base, "val_acc": self.p_star},
+            "final": {
+                **model_cost(model, surgery.example_input(model, pl_module.plan.input_shape)).as_dict(),
+                "val_acc": float(val_acc) if val_acc is not None else None,
+            },
+            "layers": [
                 {"name": n, "before": s, "after": final[n]} for n, s in zip(self.groups, self.sizes, strict=True)
             ],
             "steps": self.history,
         }
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "pruning_summary.json").write_text(json.dumps(summary, indent=2))
+        tracking.write_summary(trainer, summary)
 
     # -- resumable state -----------------------------------------------------------------------------------
 

@@ -204,6 +204,12 @@ class ImageClassifier(pl.LightningModule):
     def _replayed_copy(self, steps: list, target: PruningPlan) -> dict[str, torch.Tensor]:
         """State dict of a copy of the network with `steps` applied (raises what a step of another network does)."""
         model = copy.deepcopy(self.model)
-        if steps:
-            surgery.replay(model, steps, surgery.example_input(model, target.input_shape))
+        try:
+            if steps:
+                surgery.replay(model, steps, surgery.example_input(model, target.input_shape))
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:
+            raise ValueError(
+                f"The checkpoint's pruning plan does not fit this {type(self.model).__name__}: {err}. Load it into "
+                "the network it was saved from (`ImageClassifier.load_from_checkpoint(path)` rebuilds it)."
+            ) from err
         return model.state_dict()

@@ -106,7 +106,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     """The per-layer table and the whole-model totals, with rich."""
     console = console or Console()
     with_acc = any(layer["decision_acc"] is not None for layer in report["layers"])
-    table = Table(title=f"Pruned layers of {report['model']} ({report['checkpoint']})")
+    table = Table(title=f"Pruned layers of {report['model']}", caption=report["checkpoint"])
     table.add_column("layer")
     for column in ("channels before", "channels after", "removed") + (("val acc of decision",) if with_acc else ()):
         table.add_column(column, justify="right")

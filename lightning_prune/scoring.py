@@ -182,9 +182,10 @@ def _subsumed(site: fx.Node, index: dict[str, torch.Tensor], modules: dict[str, 
 
 
 def _insert_masks(
-    traced: fx.GraphModule, index: dict[str, torch.Tensor], fold_into_convs: bool, allow_slicing: bool
+    traced: fx.GraphModule, index: dict[str, torch.Tensor], allow_slicing: bool
 ) -> list[tuple[str, Mask]] | None:
-    """Put a mask after every masked layer's output; returns the (name, mask) pairs, None if a layer is missing."""
+    """Put a mask after every masked layer's output (in the reading convolution when there is just one);
+    returns the (name, mask) pairs, or None when a masked layer is not in the graph."""
     graph, modules = traced.graph, dict(traced.named_modules())
     sites = [n for n in graph.nodes if n.op == "call_module" and n.target in index]
     if {n.target for n in sites} != set(index):
@@ -200,7 +201,7 @@ def _insert_masks(
         readers = list(end.users)
         reader = readers[0] if len(readers) == 1 and readers[0].op == "call_module" else None
         conv = modules.get(reader.target) if reader is not None else None
-        if fold_into_convs and isinstance(conv, nn.Conv2d) and reader.args == (end,) and not reader.kwargs:
+        if isinstance(conv, nn.Conv2d) and reader.args == (end,) and not reader.kwargs:
             mask: Mask = _InputMaskedConv(conv, idx, allow_slicing)
             traced.add_submodule(name, mask)
             reader.target = name
@@ -215,20 +216,24 @@ def _insert_masks(
 
 
 def _reorder_safe(graph: fx.Graph, affected: set[fx.Node], modules: dict[str, nn.Module]) -> bool:
-    """Computing all mask-independent nodes first must not let an in-place op run before an earlier reader."""
+    """Computing all mask-independent nodes first must not move an in-place op across a reader of the value
+    it writes: a mask-dependent reader before an independent write, or an independent reader after a
+    mask-dependent write."""
     position = {n: i for i, n in enumerate(graph.nodes)}
     for node in graph.nodes:
-        if node in affected or not _mutates(node, modules) or not isinstance(node.args[0], fx.Node):
+        if not node.args or not isinstance(node.args[0], fx.Node) or not _mutates(node, modules):
             continue
-        if any(u in affected and position[u] < position[node] for u in node.args[0].users):
-            return False
+        for reader in node.args[0].users:
+            moved_before = node not in affected and reader in affected and position[reader] < position[node]
+            moved_after = node in affected and reader not in affected and position[reader] > position[node]
+            if moved_before or moved_after:
+                return False
     return True
 
 
 def split_before(
     model: nn.Module,
     channel_maps: Sequence[tuple[nn.Module, torch.Tensor]],
-    fold_into_convs: bool = True,
     allow_slicing: bool = True,
 ) -> Split | None:
     """Split `model` into the part that no mask of the group `channel_maps` affects and the rest.
@@ -236,8 +241,8 @@ def split_before(
     Args:
         model: the network; its submodules are shared, not copied.
         channel_maps: `(module, channel index per root channel)` pairs whose outputs are masked.
-        fold_into_convs: fold a mask into the convolution that alone reads the masked value.
-        allow_slicing: let such a convolution drop the removed input channels when many are removed.
+        allow_slicing: let a convolution that alone reads a masked value drop the removed input channels
+            when many are removed (otherwise the mask is folded into its weights).
 
     Returns:
         The split, or None when `torch.fx` cannot trace the model or does not see every masked layer.
@@ -248,7 +253,7 @@ def split_before(
         return None
     names = {m: n for n, m in model.named_modules()}
     index = {names[m]: idx for m, idx in channel_maps if m in names}
-    masks = _insert_masks(traced, index, fold_into_convs, allow_slicing) if len(index) == len(channel_maps) else None
+    masks = _insert_masks(traced, index, allow_slicing) if len(index) == len(channel_maps) else None
     if not masks:
         return None
     graph, modules = traced.graph, dict(traced.named_modules())
@@ -277,7 +282,7 @@ def split_before(
         if node in affected or (node.op == "get_attr" and any(u in affected for u in node.users)):
             env[node] = suffix_graph.node_copy(node, env.__getitem__)
     for cut in env.values():
-        if cut.op == "placeholder" and any(_mutates(u, modules) and u.args[0] is cut for u in cut.users):
+        if cut.op == "placeholder" and any(u.args[:1] == (cut,) and _mutates(u, modules) for u in cut.users):
             with suffix_graph.inserting_after(cut):  # the cached value is reused by every candidate
                 copy = suffix_graph.call_method("clone", (cut,))
             cut.replace_all_uses_with(copy, delete_user_cb=lambda user, copy=copy: user is not copy)

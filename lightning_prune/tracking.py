@@ -276,7 +276,7 @@ def channels_chart(summary: dict[str, Any]) -> np.ndarray:
     axes.bar(x + 0.2, [layer["after"] for layer in layers], width=0.4, label="after")
     axes.set_xticks(x, [layer["name"] for layer in layers], rotation=45, ha="right", fontsize=8)
     axes.set_ylabel("filters")
-    axes.set_title(f"Filters per layer (b = {summary['b']})")
+    axes.set_title("Filters per layer")
     axes.legend()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -346,10 +346,13 @@ def log_checkpoint_artifact(logger: WandbLogger, path: Path, from_callback: bool
 
 
 def write_summary(trainer: pl.Trainer, summary: dict[str, Any]) -> Path | None:
-    """Write `pruning_summary.json` into the run's log directory and print the summary table (rank 0)."""
+    """Write `pruning_summary.json` into the run's log directory and print the summary table (rank 0).
+
+    Every rank must call it: `trainer.log_dir` is a collective under DDP.
+    """
+    directory = Path(trainer.log_dir or trainer.default_root_dir)
     if not trainer.is_global_zero:
         return None
-    directory = Path(trainer.log_dir or trainer.default_root_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "pruning_summary.json"
     path.write_text(json.dumps(summary, indent=2))
@@ -359,7 +362,11 @@ def write_summary(trainer: pl.Trainer, summary: dict[str, Any]) -> Path | None:
 
 def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
     """The per-layer table and the whole-model totals on the console."""
-    table = Table(title=f"RLPrune summary (b = {summary['b']})")
+    if "b" in summary:
+        budget = f"b = {summary['b']}"
+    else:
+        budget = f"target {summary['target']} of {summary['target_type']}"
+    table = Table(title=f"Pruning summary ({budget})")
     for column in ("layer", "filters before", "filters after", "removed"):
         table.add_column(column, justify="left" if column == "layer" else "right")
     for layer in summary["layers"]:

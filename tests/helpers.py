@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import Logger
 
 from lightning_prune import ImageClassifier, RLPruneCallback
 from lightning_prune.data import EmbeddedFashionMNISTDataModule
@@ -26,6 +32,18 @@ LAYERS = {
     "mobilenetv2_small": ["features.2.conv.1.0", "features.3.conv.2.0"],  # depthwise, then a projection
     "inception_small": ["inception1.branch1.0", "inception1.branch2.1.0"],  # two slices of a concatenation
 }
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the duration: these tiny models gain little from more, lose much when the cores
+    are shared, and results (hence decisions) do not depend on the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tiny_classifier(name: str = "vgg11", width: float = 0.125, **kwargs: Any) -> ImageClassifier:
@@ -78,19 +96,130 @@ def steps(module: ImageClassifier) -> list:
     return module.plan.state()["steps"]
 
 
-def checksum(module: torch.nn.Module) -> float:
-    """Sum of every parameter and buffer in float64 (equal models give equal sums)."""
-    return float(sum(t.detach().double().sum() for t in module.state_dict().values() if torch.is_tensor(t)))
+class AfterPruning(Callback):
+    """Snapshots the pruned layers' weights at the start of epoch `epoch`, right after RLPruneCallback's cut
+    (list it after the pruning callback)."""
+
+    def __init__(self, layers: list[str], epoch: int) -> None:
+        self.layers, self.epoch = layers, epoch
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: ImageClassifier) -> None:
+        if trainer.current_epoch == self.epoch:
+            self.weights = {n: pl_module.model.get_submodule(n).weight.detach().clone() for n in self.layers}
 
 
-class HookSpy(Callback):
-    """Records which Trainer hooks ran (to tell whether training time was spent before an error)."""
+def check_pruned_and_trained(
+    trainer: pl.Trainer, module: ImageClassifier, sizes: dict[str, int], snapshot: AfterPruning
+) -> None:
+    """Every layer of `sizes` lost filters, training changed it after the last cut, the optimizer holds every
+    trainable parameter, and the output shape is unchanged."""
+    assert [s[0] for s in steps(module)] == list(sizes)
+    for layer, size in sizes.items():
+        weight = module.model.get_submodule(layer).weight.detach()
+        assert weight.shape[0] < size
+        assert weight.shape == snapshot.weights[layer].shape
+        assert not torch.equal(weight, snapshot.weights[layer]), f"{layer} stopped training after the cut"
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert all(id(p) in optimized for p in module.parameters() if p.requires_grad)
+    module.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 1, 32, 32, dtype=next(module.parameters()).dtype)
+        assert module(x).shape == (2, 10)
 
-    def __init__(self) -> None:
-        self.calls: list[str] = []
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.calls.append("fit_start")
+# -- runs shared by the checkpoint and distributed tests (also run as subprocesses: see the bottom) ----------
 
-    def on_train_batch_start(self, *args: Any) -> None:
-        self.calls.append("train_batch")
+#: The pruning run that the checkpoint tests interrupt and resume: layers cut at epochs 1 and 2 of 3.
+RESUME_LAYERS = LAYERS["vgg11"]
+
+
+def resume_run(root: Path, ckpt_path: str | None = None, loggers: list | None = None) -> tuple[ImageClassifier, Any]:
+    """Seeded run of a tiny VGG that prunes two layers mid-fit and saves a checkpoint every epoch
+    (`epoch=N.ckpt` and `last.ckpt` under `root/ckpt`). Returns the module and the callback."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    pl.seed_everything(0)
+    module = tiny_classifier()
+    callback = fast_callback(layers=RESUME_LAYERS)
+    checkpoints = ModelCheckpoint(dirpath=root / "ckpt", filename="{epoch}", save_top_k=-1, save_last=True)
+    trainer = fast_trainer(
+        root, [callback, checkpoints], enable_checkpointing=True, logger=loggers or False, limit_train_batches=2
+    )
+    trainer.fit(module, datamodule=tiny_data(), ckpt_path=ckpt_path)
+    return module, callback
+
+
+class PauseInSearch(Logger):
+    """A logger that, once the agent of layer `layer_index` reports an update, touches `marker` and waits
+    (so that a test can kill the process while that agent is training)."""
+
+    def __init__(self, marker: Path, layer_index: int) -> None:
+        super().__init__()
+        self.marker, self.layer_index = marker, layer_index
+
+    @property
+    def name(self) -> str:
+        return "pause"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if metrics.get("prune/layer_index") == self.layer_index:
+            self.marker.touch()
+            time.sleep(120)
+
+
+class WriteRankResult(Callback):
+    """At the end of fit, each rank writes its pruning plan and parameter checksum to `root/rank<N>.json`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: ImageClassifier) -> None:
+        result = {"steps": steps(pl_module), "checksum": param_checksum(pl_module)}
+        (self.root / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+def param_checksum(module: torch.nn.Module) -> float:
+    """Sum of every parameter in float64."""
+    return float(sum(p.detach().double().sum() for p in module.parameters()))
+
+
+def distributed_run(root: Path, strategy: str, devices: int) -> tuple[ImageClassifier, pl.Trainer]:
+    """The run the DDP tests compare: two layers cut mid-fit; every rank reads all the training data in the same
+    order (no distributed sampler), so any number of processes computes the same updates."""
+    pl.seed_everything(0)
+    module = tiny_classifier()
+    trainer = fast_trainer(
+        root,
+        [fast_callback(), WriteRankResult(root)],
+        strategy=strategy,
+        devices=devices,
+        use_distributed_sampler=False,
+        limit_train_batches=2,
+    )
+    pl.seed_everything(0)  # DDP's setup re-seeds from the global seed: do the same for one process
+    trainer.fit(module, datamodule=tiny_data())
+    return module, trainer
+
+
+def main(argv: list[str]) -> None:
+    """Subprocess entry: `helpers.py kill ROOT THREADS` or `helpers.py ddp|ddp_spawn ROOT`."""
+    mode, root = argv[0], Path(argv[1])
+    if mode == "kill":
+        torch.set_num_threads(int(argv[2]))
+        resume_run(root, loggers=[PauseInSearch(root / "searching", layer_index=1)])
+    else:
+        module, trainer = distributed_run(root, mode, devices=2)
+        if trainer.global_rank == 0:  # with ddp_spawn: the main process, which reloaded the workers' weights
+            (root / "main.json").write_text(json.dumps({"steps": steps(module), "checksum": param_checksum(module)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

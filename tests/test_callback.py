@@ -10,8 +10,17 @@ import json
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import LAYERS, HookSpy, fast_callback, fast_trainer, steps, tiny_classifier, tiny_data
-from pytorch_lightning.callbacks import Callback
+from helpers import (
+    LAYERS,
+    AfterPruning,
+    check_pruned_and_trained,
+    fast_callback,
+    fast_trainer,
+    one_thread,
+    steps,
+    tiny_classifier,
+    tiny_data,
+)
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
@@ -20,39 +29,21 @@ from lightning_prune import ImageClassifier, RLPruneCallback
 from lightning_prune.policy import min_keep_count
 
 
-class AfterPruning(Callback):
-    """Snapshots of the pruned layers right after the last cut (it runs after RLPruneCallback's hook)."""
-
-    def __init__(self, layers: list[str], epoch: int) -> None:
-        self.layers, self.epoch = layers, epoch
-        self.weights: dict[str, torch.Tensor] = {}
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: ImageClassifier) -> None:
-        if trainer.current_epoch == self.epoch:
-            self.weights = {n: pl_module.model.get_submodule(n).weight.detach().clone() for n in self.layers}
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.mark.parametrize("name", ["vgg11", "resnet56", "mobilenetv2_small", "inception_small"])
 def test_prunes_mid_fit_and_keeps_training(tmp_path, name):
     pl.seed_everything(0)
-    width = 0.25 if name != "vgg11" else 0.125
-    module = tiny_classifier(name, width=width)
+    module = tiny_classifier(name, width=0.125 if name == "vgg11" else 0.25)
     sizes = {n: module.model.get_submodule(n).out_channels for n in LAYERS[name]}
     snapshot = AfterPruning(LAYERS[name], epoch=2)
     trainer = fast_trainer(tmp_path, [fast_callback(layers=LAYERS[name]), snapshot], limit_train_batches=2)
     trainer.fit(module, datamodule=tiny_data())
-
-    assert [s[0] for s in steps(module)] == LAYERS[name]
-    for layer, size in sizes.items():
-        weight = module.model.get_submodule(layer).weight
-        assert weight.shape[0] < size
-        assert weight.shape == snapshot.weights[layer].shape
-        assert not torch.equal(weight.detach(), snapshot.weights[layer]), f"{layer} stopped training after the cut"
-    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
-    assert all(id(p) in optimized for p in module.parameters() if p.requires_grad)
-    module.eval()
-    with torch.no_grad():
-        assert module(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    check_pruned_and_trained(trainer, module, sizes, snapshot)
 
 
 def test_same_seed_gives_same_plan(tmp_path):
@@ -68,9 +59,9 @@ def test_same_seed_gives_same_plan(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_vgg(tmp_path_factory):
-    """A small VGG trained to ~80% so that removing filters costs accuracy."""
+    """A small VGG trained for two epochs (about 60% validation accuracy): removing filters changes its accuracy."""
     pl.seed_everything(0)
-    module = tiny_classifier(optimizer="adam", lr=3e-3, scheduler="none")
+    module = tiny_classifier()
     root = tmp_path_factory.mktemp("trained")
     fast_trainer(root, max_epochs=2, limit_train_batches=None, limit_val_batches=0).fit(
         module, datamodule=tiny_data(batch_size=128, augment=False)
@@ -78,21 +69,20 @@ def trained_vgg(tmp_path_factory):
     return module
 
 
-def _macs_after(module: ImageClassifier, root, b: float, seed: int) -> int:
+def _macs_after_pruning(module: ImageClassifier, root, b: float, seed: int) -> int:
+    """MACs after the callback, with its default search, prunes two layers of a copy of `module`."""
     module = copy.deepcopy(module)
-    callback = RLPruneCallback(
-        b=b, layers=["features.4", "features.8", "features.11"], finetune_epochs=0, seed=seed, reward_batches=2
-    )
+    callback = RLPruneCallback(b=b, layers=LAYERS["vgg11"], finetune_epochs=0, reward_batches=1, seed=seed)
     trainer = fast_trainer(root, [callback], max_epochs=1, limit_train_batches=1)
-    trainer.fit(module, datamodule=tiny_data(batch_size=250, augment=False))
+    trainer.fit(module, datamodule=tiny_data(batch_size=500, augment=False))  # rewards on the whole validation split
     return callback.history[-1]["macs"]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_larger_budget_removes_more(tmp_path, trained_vgg, seed):
-    tight = _macs_after(trained_vgg, tmp_path / "tight", b=0.5, seed=seed)
-    loose = _macs_after(trained_vgg, tmp_path / "loose", b=2.0, seed=seed)
-    assert loose < tight
+def test_larger_budget_removes_more(tmp_path, trained_vgg):
+    """Over fixed seeds, b = 2 (accuracy points the network may lose) removes more MACs than b = 0.5. One seed
+    alone is noisy at this size: few sampled masks decide, and a chance accuracy gain counts 1/b times."""
+    macs = {b: [_macs_after_pruning(trained_vgg, tmp_path / f"{b}-{s}", b, s) for s in range(3)] for b in (0.5, 2.0)}
+    assert sum(macs[2.0]) < sum(macs[0.5]), macs
 
 
 @pytest.mark.parametrize("min_keep", [3, 0.5])
@@ -141,6 +131,16 @@ def test_layers_pruned_in_one_epoch_are_each_logged(tmp_path):
     assert macs == [h["macs"] for h in callback.history]
 
 
+def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
+    module = tiny_classifier()
+    fast_trainer(tmp_path, [fast_callback(start_epoch=0, finetune_epochs=0)], fast_dev_run=True).fit(
+        module, datamodule=tiny_data()
+    )
+    assert [s[0] for s in steps(module)] == LAYERS["vgg11"]
+    with pytest.warns(UserWarning, match="fast_dev_run runs one epoch.*needs 3 epochs"):
+        fast_trainer(tmp_path, [fast_callback()], fast_dev_run=True).fit(tiny_classifier(), datamodule=tiny_data())
+
+
 # -- bad input fails before any training time -----------------------------------------------------------
 
 
@@ -163,9 +163,22 @@ def test_bad_arguments_fail_at_construction(kwargs, match):
 
 
 class NotAClassifier(pl.LightningModule):
+    """A working LightningModule that is not an ImageClassifier."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self.net(x).argmax(1) == y).float().mean() * 100)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 class ValAccuracy(ImageClassifier):
@@ -176,12 +189,8 @@ class ValAccuracy(ImageClassifier):
         self.val_acc.reset()
 
 
-def _fails_in_setup(tmp_path, module, callback_kwargs, match, **trainer_kwargs):
-    spy = HookSpy()
-    trainer = fast_trainer(tmp_path, [fast_callback(**callback_kwargs), spy], **trainer_kwargs)
-    with pytest.raises(MisconfigurationException, match=match):
-        trainer.fit(module, datamodule=tiny_data())
-    return spy.calls
+def _trained_batches(trainer: pl.Trainer) -> int:
+    return trainer.fit_loop.epoch_loop.batch_progress.total.ready
 
 
 @pytest.mark.parametrize(
@@ -189,7 +198,7 @@ def _fails_in_setup(tmp_path, module, callback_kwargs, match, **trainer_kwargs):
     [
         (tiny_classifier(), {"layers": ["features.99"]}, {}, r"'features.99'.*features\.0, features\.4"),
         (ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(1024, 10)), in_channels=1), {}, {}, "no prunable"),
-        (tiny_classifier(), {"min_keep": 8}, {}, r"min_keep=8 leaves nothing to prune in \{'features.4': 8\}"),
+        (tiny_classifier(), {"min_keep": 16}, {}, r"min_keep=16 leaves nothing to prune in \{'features.4': 16\}"),
         (tiny_classifier(), {}, {"max_epochs": 2}, "needs max_epochs >= 3"),
         (tiny_classifier(), {"monitor": "val_accuracy"}, {}, "'val_accuracy' is never logged.*val_loss, val_acc"),
         (tiny_classifier(), {}, {"limit_val_batches": 0}, "limit_val_batches=0"),
@@ -197,23 +206,26 @@ def _fails_in_setup(tmp_path, module, callback_kwargs, match, **trainer_kwargs):
     ],
     ids=["unknown-layer", "nothing-prunable", "min-keep-too-large", "max-epochs", "monitor", "no-val", "module"],
 )
-def test_bad_setup_fails_before_fit_starts(tmp_path, module, callback_kwargs, trainer_kwargs, match):
-    assert _fails_in_setup(tmp_path, module, callback_kwargs, match, **trainer_kwargs) == []
+def test_bad_setup_fails_before_training(tmp_path, module, callback_kwargs, trainer_kwargs, match):
+    trainer = fast_trainer(tmp_path, [fast_callback(**callback_kwargs)], **trainer_kwargs)
+    with pytest.raises(MisconfigurationException, match=match):
+        trainer.fit(module, datamodule=tiny_data())
+    assert _trained_batches(trainer) == 0
 
 
-def test_missing_validation_data_fails_in_setup(tmp_path):
+def test_missing_validation_data_fails_before_training(tmp_path):
     data = tiny_data()
     data.setup("fit")
-    spy = HookSpy()
-    trainer = fast_trainer(tmp_path, [fast_callback(), spy])
+    trainer = fast_trainer(tmp_path, [fast_callback()])
     with pytest.raises(MisconfigurationException, match="no validation data"):
         trainer.fit(tiny_classifier(), train_dataloaders=data.train_dataloader())
-    assert spy.calls == []
+    assert _trained_batches(trainer) == 0
 
 
-def test_unlogged_monitor_fails_after_sanity_check_before_training(tmp_path):
-    spy = HookSpy()
-    trainer = fast_trainer(tmp_path, [fast_callback(), spy], num_sanity_val_steps=1)
-    with pytest.raises(MisconfigurationException, match="'val_acc' is not logged.*Logged metrics: val_accuracy"):
+def test_unlogged_monitor_of_a_custom_module_fails_after_the_sanity_check(tmp_path):
+    trainer = fast_trainer(tmp_path, [fast_callback()], num_sanity_val_steps=1)
+    with pytest.raises(
+        MisconfigurationException, match="'val_acc' is not logged.*Logged metrics: val_accuracy, val_loss"
+    ):
         trainer.fit(ValAccuracy("vgg11", in_channels=1, model_kwargs={"width": 0.125}), datamodule=tiny_data())
-    assert spy.calls == ["fit_start"]
+    assert _trained_batches(trainer) == 0

@@ -14,6 +14,21 @@ from lightning_prune.data import EmbeddedFashionMNISTDataModule
 from lightning_prune.distill import Distiller, distillation_loss
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one intra-op thread than on two on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch) -> None:
+    """Trainers without a logger write into the working directory (pruning_summary.json): keep it temporary."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_distillation_loss_is_the_scaled_kl_divergence() -> None:
     torch.manual_seed(0)
     student, teacher = torch.randn(8, 10), torch.randn(8, 10)
@@ -76,7 +91,7 @@ def test_pruned_student_learns_from_the_unpruned_teacher() -> None:
     pl.seed_everything(0, verbose=False)
     dm = EmbeddedFashionMNISTDataModule(batch_size=32, num_workers=0, augment=False)
     module = ImageClassifier("vgg11", num_classes=10, in_channels=1, model_kwargs={"width": 0.125}, lr=0.05)
-    _trainer([], epochs=1, batches=15).fit(module, datamodule=dm)  # a teacher worth learning from
+    _trainer([], epochs=1, batches=30).fit(module, datamodule=dm)  # a teacher worth learning from
     keys = set(module.state_dict())
     record = _RecordKD()
     prune = DistributionPruneCallback(target=0.5, step_size=0.5, num_samples=2, updates=1, reward_batches=1)
