@@ -27,18 +27,26 @@ def _one_thread():
 
 
 def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine terms (so a zeroed conv output is not a zeroed BN output)
-    and a classifier whose predictions vary between inputs; eval mode."""
+    """Seeded weights, BatchNorm statistics measured on random inputs (activations stay well scaled, so
+    predictions have clear margins) and random BatchNorm affine terms (a zeroed conv output is not a zeroed
+    BN output); eval mode."""
     gen = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.6 - 0.3)
-            elif isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        for _ in range(2):
+            model(torch.randn(16, 3, 32, 32, generator=gen))
+        for m in norms:
+            m.momentum = 0.1
+            m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.6 - 0.3)
     return model.eval()
 
 
