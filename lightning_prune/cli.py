@@ -29,7 +29,7 @@ DESCRIPTION = (
 
 
 class PruneCLI(LightningCLI):
-    """LightningCLI with the fit, validate and test subcommands (predict has no use for a classifier here)."""
+    """LightningCLI with the fit, validate and test subcommands (ImageClassifier has no `predict_step`)."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

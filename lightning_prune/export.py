@@ -6,6 +6,8 @@ itself, with a dynamic batch dimension, and needs neither this package nor Light
 
 from __future__ import annotations
 
+import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +22,6 @@ from lightning_prune.module import ImageClassifier
 #: Export formats and the file suffix each writes by default.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 
-# RLPruneCallback's checkpointed RNG state holds numpy arrays: allow exactly those with `weights_only=True`.
-_NUMPY_GLOBALS = [np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
-
 
 class CheckpointError(Exception):
     """A file that cannot be used as a lightning-prune checkpoint."""
@@ -36,8 +35,22 @@ class ExportResult:
     max_abs_diff: float | None
 
 
+def _load_error(path: Path, err: Exception) -> CheckpointError:
+    text = str(err)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:
+        return CheckpointError(
+            f"'{path}' holds a pickled `{unsafe.group(1)}`: only tensors and plain data are loaded "
+            "(`torch.load(weights_only=True)`), so save the checkpoint without that object"
+        )
+    reason = ""  # an unpickling error's text is about weights_only, not about the file
+    if text.strip() and not isinstance(err, pickle.UnpicklingError):
+        reason = ": " + text.strip().splitlines()[0].split(". ")[0]
+    return CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt file?){reason}")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint of an `ImageClassifier` as plain data (tensors, numbers, strings, numpy arrays).
+    """Load a Lightning checkpoint of an `ImageClassifier` as plain data (tensors, numbers, strings, lists, dicts).
 
     Raises:
         CheckpointError: no such file, an unreadable (truncated, corrupt) file, or not an ImageClassifier checkpoint.
@@ -46,13 +59,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at '{path}': pass the path of a .ckpt file saved by the Trainer")
     try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt file?): {reason}"
-        ) from err
+        raise _load_error(path, err) from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"'{path}' is not a Lightning checkpoint: it has no `state_dict`")
     if "_extra_state" not in checkpoint["state_dict"]:
@@ -75,8 +84,7 @@ def load_classifier(path: str | Path) -> ImageClassifier:
             "not record: load it with `ImageClassifier.load_from_checkpoint(path, model=your_network)`"
         )
     try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            module = ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        module = ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"Cannot rebuild the model saved in '{path}': {err}") from err
     return module.eval()

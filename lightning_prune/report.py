@@ -48,10 +48,10 @@ def build_report(path: str | Path) -> dict[str, Any]:
     checkpoint = read_checkpoint(path)
     plan = PruningPlan.from_state(checkpoint["state_dict"]["_extra_state"])
     callback = _callback_state(checkpoint)
-    if not plan.steps and callback is None:
+    if not plan.steps and not (callback and callback["history"]):
         raise CheckpointError(
-            f"'{path}' holds no pruning information: its pruning plan is empty and it has no RLPruneCallback "
-            "state. Report a checkpoint saved after RLPruneCallback (or ImageClassifier.prune) removed channels."
+            f"'{path}' holds no pruning information: its pruning plan is empty and no RLPruneCallback search "
+            "is recorded in it. Report a checkpoint saved after RLPruneCallback (or ImageClassifier.prune) pruned."
         )
     pruned = load_classifier(path)
     unpruned = _unpruned(pruned)
@@ -108,7 +108,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     with_acc = any(layer["decision_acc"] is not None for layer in report["layers"])
     table = Table(title=f"Pruned layers of {report['model']}", caption=report["checkpoint"])
     table.add_column("layer")
-    for column in ("channels before", "channels after", "removed") + (("val acc of decision",) if with_acc else ()):
+    for column in ("channels before", "channels after", "removed") + (("decision acc",) if with_acc else ()):
         table.add_column(column, justify="right")
     for layer in report["layers"]:
         row = [layer["name"], str(layer["before"]), str(layer["after"]), f"{layer['removed_pct']:.1f}%"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import onnxruntime
 import pytest
 import torch
@@ -100,6 +101,13 @@ def test_unreadable_checkpoint_is_a_clear_error(tiny_checkpoints, tmp_path, caps
     assert "is not a readable PyTorch checkpoint" in err and err.count("\n") == 1
     with pytest.raises(CheckpointError):
         read_checkpoint(bad)
+
+
+def test_pickled_objects_are_not_loaded(tmp_path):
+    path = tmp_path / "numpy.ckpt"
+    torch.save({"state_dict": {}, "extra": np.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="holds a pickled `numpy"):
+        read_checkpoint(path)
 
 
 def test_checkpoint_of_another_module_is_refused(tmp_path):

@@ -41,7 +41,7 @@ def test_report_of_callback_checkpoint_matches_run_summary(quickstart, quickstar
 def test_report_prints_table(quickstart_checkpoint, capsys):
     assert main(["report", str(quickstart_checkpoint)]) == 0
     out = capsys.readouterr().out
-    for text in ("features.0", "features.25", "channels before", "val acc of decision", "MACs:", "% removed"):
+    for text in ("features.0", "features.25", "channels before", "decision acc", "MACs:", "% removed"):
         assert text in out
     assert "8/8 layers searched" in out
 
