@@ -13,15 +13,12 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.seed import isolate_rng
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
-from lightning_prune import surgery, tracking
+from lightning_prune import scoring, surgery, tracking
 from lightning_prune.measure import model_cost
 from lightning_prune.module import ImageClassifier
-from lightning_prune.policy import LayerSearch, min_keep_count
+from lightning_prune.policy import LayerSearch, is_min_keep, min_keep_count
 from lightning_prune.reward import REWARDS
-from lightning_prune.scoring import CandidateScorer
 
 
 class RLPruneCallback(Callback):
@@ -102,10 +99,7 @@ class RLPruneCallback(Callback):
             (max_cache_mb >= 0, f"max_cache_mb={max_cache_mb} must be >= 0"),
             (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
         ]
-        if isinstance(min_keep, bool) or not (
-            (isinstance(min_keep, int) and min_keep >= 1) or (isinstance(min_keep, float) and 0 < min_keep <= 1)
-        ):
-            checks.append((False, f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
+        checks.append((is_min_keep(min_keep), f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
         for ok, message in checks:
             if not ok:
                 raise MisconfigurationException(f"RLPruneCallback: {message}")
@@ -192,7 +186,7 @@ class RLPruneCallback(Callback):
                 "RLPruneCallback: limit_val_batches=0 turns validation off, but candidates are scored on the "
                 "validation split and `monitor` is logged by validation. Keep limit_val_batches > 0."
             )
-        _validation_loader(trainer)
+        scoring.validation_loader(trainer)
         declared = _declared_metrics(trainer, pl_module)
         if declared is not None and self.monitor not in declared:
             raise MisconfigurationException(
@@ -278,10 +272,10 @@ class RLPruneCallback(Callback):
             init_keep=self.init_keep,
         )
         reward_fn = REWARDS[self.reward]
-        batches = _reward_batches(trainer, pl_module, self.reward_batches)
+        batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
         cost_before = self._cost(pl_module)
         with (
-            CandidateScorer(
+            scoring.CandidateScorer(
                 model, maps, batches, trainer.precision_plugin.forward_context, self.cache, self.max_cache_mb
             ) as scorer,
             tracking.SearchTracker(trainer, name, len(self.history), len(self.groups), self.agent_updates) as track,
@@ -304,10 +298,7 @@ class RLPruneCallback(Callback):
             decision_acc = scorer.accuracy(keep)
         removed = (~keep).nonzero().flatten().tolist()
         if removed:
-            pl_module.prune(name, removed, graph, trainer.optimizers)
-            if isinstance(trainer.strategy.model, DistributedDataParallel):
-                trainer.strategy.model = pl_module
-                trainer.strategy.configure_ddp()
+            pl_module.prune(name, removed, graph)
         cost = self._cost(pl_module)
         record = {
             "index": len(self.history),
@@ -376,36 +367,8 @@ def _declared_metrics(trainer: pl.Trainer, pl_module: ImageClassifier) -> tuple[
     return ImageClassifier.validation_metrics
 
 
-def _validation_loader(trainer: pl.Trainer) -> DataLoader:
-    """The first validation dataloader the Trainer was given (datamodule, module hook or `val_dataloaders`)."""
-    source = trainer.fit_loop.epoch_loop.val_loop._data_source
-    loaders = source.dataloader() if source.is_defined() else None
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
-    empty = isinstance(loader, DataLoader) and hasattr(loader.dataset, "__len__") and len(loader.dataset) == 0
-    if not isinstance(loader, DataLoader) or empty:
-        raise MisconfigurationException(
-            "RLPruneCallback scores candidates on the validation split, but the Trainer has no validation data: "
-            "pass `val_dataloaders=` to fit (or a datamodule with val_dataloader) holding data out from training "
-            "(never the test split)."
-        )
-    return loader
-
-
-def _reward_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int) -> list:
-    """The first `count` batches of the validation split read in order: the same on every rank."""
-    loader = _validation_loader(trainer)
-    sequential = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
-    batches = []
-    for i, (x, y) in enumerate(sequential):
-        if i == count:
-            break
-        x = trainer.precision_plugin.convert_input(x.to(pl_module.device))
-        batches.append((x, y.to(pl_module.device)))
-    return batches
-
-
 def _score_shared(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, scorer: CandidateScorer, masks: torch.Tensor
+    trainer: pl.Trainer, pl_module: pl.LightningModule, scorer: scoring.CandidateScorer, masks: torch.Tensor
 ) -> list[float]:
     """Each rank scores its share of the masks; the accuracies are summed across ranks."""
     accs = torch.zeros(len(masks), dtype=torch.float64, device=pl_module.device)

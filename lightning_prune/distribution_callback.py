@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -13,10 +12,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
-from lightning_prune import surgery, tracking
+from lightning_prune import scoring, surgery, tracking
 from lightning_prune.distribution import (
     CRITERIA,
     CostModel,
@@ -32,7 +29,7 @@ from lightning_prune.distribution import (
 )
 from lightning_prune.measure import model_cost
 from lightning_prune.module import ImageClassifier
-from lightning_prune.policy import min_keep_count
+from lightning_prune.policy import is_min_keep, min_keep_count
 
 TARGET_TYPES = ("channels", "macs")
 
@@ -129,10 +126,7 @@ class DistributionPruneCallback(Callback):
             (taylor_batches >= 1, f"taylor_batches={taylor_batches} must be >= 1"),
             (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
         ]
-        if isinstance(min_keep, bool) or not (
-            (isinstance(min_keep, int) and min_keep >= 1) or (isinstance(min_keep, float) and 0 < min_keep <= 1)
-        ):
-            checks.append((False, f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
+        checks.append((is_min_keep(min_keep), f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
         for ok, message in checks:
             if not ok:
                 raise MisconfigurationException(f"DistributionPruneCallback: {message}")
@@ -276,7 +270,11 @@ class DistributionPruneCallback(Callback):
         counts_of = self._counts_rule(sizes, costs)
         context = trainer.precision_plugin.forward_context
         convs = list(dict.fromkeys(m for maps in group_maps.values() for m, _ in maps if isinstance(m, nn.Conv2d)))
-        taylor = _first_batches(trainer, pl_module, "train", self.taylor_batches) if self.criterion == "taylor" else ()
+        taylor = (
+            scoring.first_batches(trainer, pl_module, "train", self.taylor_batches)
+            if self.criterion == "taylor"
+            else ()
+        )
         importance = group_importance(group_maps, filter_scores(model, convs, self.criterion, taylor, context))
 
         def removals(counts: torch.Tensor) -> dict[str, list[int]]:
@@ -300,7 +298,7 @@ class DistributionPruneCallback(Callback):
                 rows.append({"q": q, "accuracy": acc, "macs_reduction": red_macs, "params_reduction": red_params})
             return rows
 
-        batches = _first_batches(trainer, pl_module, "val", self.reward_batches)
+        batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
         with GroupScorer(model, group_maps, batches, context) as scorer:
             if self.p_star is None:
                 self.p_star = scorer.accuracy()
@@ -308,10 +306,7 @@ class DistributionPruneCallback(Callback):
             best = self.search.search(counts_of, score)
         decision = trainer.strategy.broadcast(removals(best.counts), src=0)
         for name, idxs in decision.items():
-            pl_module.prune(name, idxs, graph, trainer.optimizers)
-        if decision and isinstance(trainer.strategy.model, DistributedDataParallel):
-            trainer.strategy.model = pl_module
-            trainer.strategy.configure_ddp()
+            pl_module.prune(name, idxs, graph)
         self._record(trainer, pl_module, decision, best.details, epsilon)
 
     def _record(
@@ -410,31 +405,3 @@ class DistributionPruneCallback(Callback):
         self.history = list(state_dict["history"])
         self.search = None
         self._search_state = state_dict["search"]
-
-
-def _first_batches(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, split: Literal["train", "val"], count: int
-) -> list:
-    """The first `count` batches of a split, in order, identical on every rank (no distributed sampler).
-
-    Drawn under a forked RNG, so data augmentation does not shift the training run's random stream.
-    """
-    if split == "val":
-        if trainer.val_dataloaders is None:
-            trainer.fit_loop.epoch_loop.val_loop.setup_data()
-        loader = trainer.val_dataloaders
-    else:
-        loader = trainer.train_dataloader
-    loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
-    if not isinstance(loader, DataLoader):
-        purpose = "scores samples on the validation split" if split == "val" else "needs training batches"
-        raise MisconfigurationException(
-            f"DistributionPruneCallback {purpose}: give the Trainer a {split} dataloader"
-            + (" held out from the training data (never the test split)." if split == "val" else ".")
-        )
-    sequential = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
-    batches = []
-    with torch.random.fork_rng(devices=[]):
-        for x, y in itertools.islice(sequential, count):
-            batches.append((trainer.precision_plugin.convert_input(x.to(pl_module.device)), y.to(pl_module.device)))
-    return batches

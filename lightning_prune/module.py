@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_prune import surgery
@@ -142,11 +143,21 @@ class ImageClassifier(pl.LightningModule):
 
     # -- pruning plan --------------------------------------------------------------------------------------
 
-    def prune(self, name: str, idxs: list[int], graph: Any = None, optimizers: list | tuple = ()) -> None:
-        """Physically remove output channels `idxs` of layer `name` (and every coupled tensor); record the step."""
+    def prune(self, name: str, idxs: list[int], graph: Any = None, optimizers: list | tuple | None = None) -> None:
+        """Physically remove output channels `idxs` of layer `name` (and every coupled tensor); record the step.
+
+        Attached to a Trainer, its optimizers (unless `optimizers` is given) follow the new parameters with their
+        state sliced to the kept channels, and a DistributedDataParallel wrapper is rebuilt around the new shapes.
+        """
+        trainer = self._trainer
+        if optimizers is None:
+            optimizers = trainer.optimizers if trainer is not None else ()
         inputs = surgery.example_input(self.model, self.plan.input_shape)
         graph = graph if graph is not None else surgery.build_graph(self.model, inputs)
         self.plan.steps.append(surgery.prune_step(self.model, graph, [name, True, list(idxs)], optimizers))
+        if trainer is not None and isinstance(trainer.strategy.model, DistributedDataParallel):
+            trainer.strategy.model = self
+            trainer.strategy.configure_ddp()
 
     def get_extra_state(self) -> dict[str, Any]:
         return self.plan.state()

@@ -21,6 +21,13 @@ def filter_features(weight: torch.Tensor) -> torch.Tensor:
     return (rows - rows.mean()) / (rows.std(correction=0) + 1e-8)
 
 
+def is_min_keep(value: object) -> bool:
+    """Whether `value` is a valid `min_keep`: a count (int >= 1) or a fraction (float in (0, 1])."""
+    if isinstance(value, bool):
+        return False
+    return (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)
+
+
 def min_keep_count(min_keep: int | float, n: int) -> int:
     """Filters that must stay: `min_keep` as a count (int >= 1) or a fraction of `n` (float in (0, 1])."""
     # rounded first: 0.07 * 100 is 7.000000000000001 in floating point, which must still mean 7 filters

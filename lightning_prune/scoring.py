@@ -15,16 +15,20 @@ forward with the masks applied by forward hooks.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import pytorch_lightning as pl
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lightning_prune.surgery import out_channels
 
@@ -439,3 +443,42 @@ class CandidateScorer(AbstractContextManager):
                     correct = correct + (self._run(*args).argmax(-1) == y).sum()
                     total += y.numel()
         return 100.0 * int(correct) / max(total, 1)
+
+
+def validation_loader(trainer: pl.Trainer) -> DataLoader:
+    """The first validation dataloader the Trainer was given (datamodule, module hook or `val_dataloaders`).
+
+    Raises:
+        MisconfigurationException: the Trainer has no validation data to score candidates on.
+    """
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    loaders = source.dataloader() if source.is_defined() else None
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    empty = isinstance(loader, DataLoader) and hasattr(loader.dataset, "__len__") and len(loader.dataset) == 0
+    if not isinstance(loader, DataLoader) or empty:
+        raise MisconfigurationException(
+            "Pruning scores candidates on the validation split, but the Trainer has no validation data: pass "
+            "`val_dataloaders=` to fit (or a datamodule with val_dataloader) holding data out from training "
+            "(never the test split)."
+        )
+    return loader
+
+
+def first_batches(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, split: Literal["train", "val"], count: int
+) -> list[Batch]:
+    """The first `count` batches of a split read in order, on the module's device: the same on every rank (no
+    distributed sampler), drawn under a forked RNG so augmentation leaves the training run's random stream alone."""
+    if split == "val":
+        loader = validation_loader(trainer)
+    else:
+        loader = trainer.train_dataloader
+        loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
+        if not isinstance(loader, DataLoader):
+            raise MisconfigurationException("Pruning needs training batches: give the Trainer a train dataloader.")
+    sequential = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
+    batches = []
+    with torch.random.fork_rng(devices=[]):
+        for x, y in itertools.islice(sequential, count):
+            batches.append((trainer.precision_plugin.convert_input(x.to(pl_module.device)), y.to(pl_module.device)))
+    return batches

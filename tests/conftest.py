@@ -12,11 +12,19 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+from helpers import one_thread
 
 from lightning_prune import ImageClassifier
 from lightning_prune.data import EmbeddedFashionMNISTDataModule
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The whole session, fixtures included, runs torch on one intra-op thread (see `helpers.one_thread`)."""
+    with one_thread():
+        yield
 
 
 def _run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

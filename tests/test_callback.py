@@ -16,7 +16,6 @@ from helpers import (
     check_pruned_and_trained,
     fast_callback,
     fast_trainer,
-    one_thread,
     steps,
     tiny_classifier,
     tiny_data,
@@ -27,12 +26,6 @@ from torch import nn
 
 from lightning_prune import ImageClassifier, RLPruneCallback
 from lightning_prune.policy import min_keep_count
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.mark.parametrize("name", ["vgg11", "resnet56", "mobilenetv2_small", "inception_small"])

@@ -17,7 +17,6 @@ from helpers import (
     RESUME_LAYERS,
     fast_callback,
     fast_trainer,
-    one_thread,
     resume_run,
     steps,
     tiny_classifier,
@@ -27,12 +26,6 @@ from helpers import (
 from lightning_prune import ImageClassifier
 
 HELPERS = Path(__file__).with_name("helpers.py")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,6 @@ from lightning_prune.distill import Distiller, distillation_loss
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one intra-op thread than on two on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def _in_tmp_dir(tmp_path, monkeypatch) -> None:
     """Trainers without a logger write into the working directory (pruning_summary.json): keep it temporary."""
     monkeypatch.chdir(tmp_path)

@@ -12,15 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import LAYERS, distributed_run, one_thread, param_checksum, steps
+from helpers import LAYERS, distributed_run, param_checksum, steps
 
 HELPERS = Path(__file__).with_name("helpers.py")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _launch(root: Path, strategy: str) -> tuple[list[dict], dict]:

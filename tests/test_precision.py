@@ -12,16 +12,9 @@ from helpers import (
     check_pruned_and_trained,
     fast_callback,
     fast_trainer,
-    one_thread,
     tiny_classifier,
     tiny_data,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _prune_with(tmp_path, precision: str):

@@ -17,15 +17,6 @@ from lightning_prune.scoring import CandidateScorer, split_before
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine extra threads only wait for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:
     """Seeded weights, BatchNorm statistics measured on random inputs (activations stay well scaled, so
     predictions have clear margins) and random BatchNorm affine terms (a zeroed conv output is not a zeroed

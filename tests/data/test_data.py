@@ -55,9 +55,7 @@ def cifar100_dir(tmp_path: Path) -> Path:
     for name, n in (("train", 60), ("test", 20)):
         fine = [int(v) for v in rng.integers(0, 100, n)]
         coarse = [int(v) for v in rng.integers(0, 20, n)]
-        _write_pickle(
-            folder / name, {b"data": _images(rng, n), b"fine_labels": fine, b"coarse_labels": coarse}
-        )
+        _write_pickle(folder / name, {b"data": _images(rng, n), b"fine_labels": fine, b"coarse_labels": coarse})
     names = [f"class_{i}".encode() for i in range(100)]
     _write_pickle(folder / "meta", {b"fine_label_names": names, b"coarse_label_names": names[:20]})
     return tmp_path
@@ -129,9 +127,7 @@ def test_cifar10_datamodule(cifar10_dir: Path) -> None:
     x_test = _cifar_arrays(folder, ["test_batch"])
     dm = CIFAR10DataModule(data_dir=str(cifar10_dir), val_size=10)
     _check_no_augmentation(dm, x_train, x_test)
-    assert (
-        dm.num_classes == 10 and dm.hparams["val_size"] == 10 and dm.hparams["data_dir"] == str(cifar10_dir)
-    )
+    assert dm.num_classes == 10 and dm.hparams["val_size"] == 10 and dm.hparams["data_dir"] == str(cifar10_dir)
 
     plain = CIFAR10DataModule(data_dir=str(cifar10_dir), val_size=10, augment=False)
     plain.setup("fit")
