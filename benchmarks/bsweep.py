@@ -3,9 +3,10 @@
 One baseline is trained (or loaded) once; every method then starts from that checkpoint and gets the same
 fine-tuning budget (`--finetune-epochs`). RL runs prune layer by layer inside that budget; rule-based methods
 (L1-norm ranking with a uniform per-layer ratio, random filters, torch-pruning's global magnitude ranking) prune
-once, to the MACs the RL run at the same b reached, and fine-tune for the whole budget. The reward uses the
-validation split held out from the training data; the reported accuracy is the final epoch's test accuracy;
-params and MACs come from one counter (`lightning_prune.measure.model_cost`).
+once, to the MACs the RL run at the same b reached, and fine-tune for the whole budget; the RL-Pruner mode
+(`DistributionPruneCallback`) gets that MACs reduction as its target, reached in `--distribution-steps` steps.
+The reward uses the validation split held out from the training data; the reported accuracy is the final
+epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`).
 
 Each finished run is written to the results JSON as it completes and skipped on a rerun, so a sweep can span
 several sittings. Example (CPU, the complete Fashion-MNIST):
@@ -28,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 import torch_pruning as tp
 
-from lightning_prune import ImageClassifier, RLPruneCallback, surgery
+from lightning_prune import DistributionPruneCallback, ImageClassifier, RLPruneCallback, surgery
 from lightning_prune.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -38,6 +39,7 @@ from lightning_prune.data import (
 from lightning_prune.measure import latency_ms, model_cost
 
 RULE_BASED = ("l1_uniform", "random", "magnitude_global")
+MATCHED = (*RULE_BASED, "distribution")
 
 
 def datamodule(args: argparse.Namespace) -> pl.LightningDataModule:
@@ -181,6 +183,40 @@ def run_rule_based(
     return {"method": method, "b": b, "ratio": ratio, "test_acc": acc, **measure(module, args), "search_s": search_s}
 
 
+class TimedDistributionPrune(DistributionPruneCallback):
+    """DistributionPruneCallback that adds up the wall time of its pruning steps."""
+
+    search_s = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
+        super().on_train_epoch_start(trainer, pl_module)
+        self.search_s += time.perf_counter() - start
+
+
+def run_distribution(
+    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: float, target_macs: int, base_macs: int
+) -> dict[str, Any]:
+    """RL-Pruner mode with a MACs target equal to the reduction the RL run at the same b reached."""
+    pl.seed_everything(args.seed)
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", lr=args.finetune_lr)
+    steps = args.distribution_steps
+    target = 1 - target_macs / base_macs
+    callback = TimedDistributionPrune(
+        target=target,
+        target_type="macs",
+        step_size=target / steps,
+        start_epoch=0,
+        finetune_epochs=max(1, args.finetune_epochs // (steps + 1)),
+        reward_batches=args.reward_batches,
+        seed=args.seed,
+    )
+    t = trainer(args, args.finetune_epochs, [callback], f"distribution_b{b}")
+    t.fit(module, datamodule=dm)
+    acc = test_accuracy(t, module, dm)
+    return {"method": "distribution", "b": b, "test_acc": acc, **measure(module, args), "search_s": callback.search_s}
+
+
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +243,11 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             out.write_text(json.dumps(results, indent=2))
         for method in args.methods:
             if done(method, b) is None:
-                runs.append({**run_rule_based(args, dm, base, method, b, rl["macs"]), "seed": args.seed})
+                if method == "distribution":
+                    run = run_distribution(args, dm, base, b, rl["macs"], results["baseline"]["macs"])
+                else:
+                    run = run_rule_based(args, dm, base, method, b, rl["macs"])
+                runs.append({**run, "seed": args.seed})
                 out.write_text(json.dumps(results, indent=2))
     return results
 
@@ -257,7 +297,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10", "cifar100", "embedded"])
     p.add_argument("--data-dir", default="../shared/data/fashion-mnist")
     p.add_argument("--b", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0])
-    p.add_argument("--methods", nargs="*", default=list(RULE_BASED), choices=RULE_BASED)
+    p.add_argument("--methods", nargs="*", default=list(MATCHED), choices=MATCHED)
+    p.add_argument("--distribution-steps", type=int, default=4, help="pruning steps of the distribution mode")
     p.add_argument("--baseline-epochs", type=int, default=20)
     p.add_argument("--finetune-epochs", type=int, default=16)
     p.add_argument("--epochs-per-layer", type=int, default=1)
