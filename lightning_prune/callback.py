@@ -273,7 +273,7 @@ class RLPruneCallback(Callback):
         )
         reward_fn = REWARDS[self.reward]
         batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
-        cost_before = self._cost(pl_module)
+        baseline_cost = self._cost(pl_module) if self.p_star is None else None  # the unpruned model, once
         with (
             scoring.CandidateScorer(
                 model, maps, batches, trainer.precision_plugin.forward_context, self.cache, self.max_cache_mb
@@ -282,7 +282,7 @@ class RLPruneCallback(Callback):
         ):
             if self.p_star is None:
                 self.p_star = scorer.accuracy()
-                self.baseline = {**cost_before, "val_acc": _metric(trainer, self.monitor, self.p_star)}
+                self.baseline = {**baseline_cost, "val_acc": _metric(trainer, self.monitor, self.p_star)}
             step_stats = []
             for update in range(self.agent_updates):
                 masks = search.sample(self.num_samples)
