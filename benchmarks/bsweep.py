@@ -96,8 +96,8 @@ def train_baseline(args: argparse.Namespace, dm: pl.LightningDataModule, path: P
     return {"test_acc": acc, **{k: v for k, v in measure(module, args).items() if k != "latency_ms"}}
 
 
-class TimedRLPrune(RLPruneCallback):
-    """RLPruneCallback that adds up the wall time of its pruning points (agent search and surgery)."""
+class SearchTimer:
+    """Mixin for a pruning callback: adds up the wall time of its pruning points (search and surgery)."""
 
     search_s = 0.0
 
@@ -105,6 +105,14 @@ class TimedRLPrune(RLPruneCallback):
         start = time.perf_counter()
         super().on_train_epoch_start(trainer, pl_module)
         self.search_s += time.perf_counter() - start
+
+
+class TimedRLPrune(SearchTimer, RLPruneCallback):
+    pass
+
+
+class TimedDistributionPrune(SearchTimer, DistributionPruneCallback):
+    pass
 
 
 def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: float) -> dict[str, Any]:
@@ -183,17 +191,6 @@ def run_rule_based(
     return {"method": method, "b": b, "ratio": ratio, "test_acc": acc, **measure(module, args), "search_s": search_s}
 
 
-class TimedDistributionPrune(DistributionPruneCallback):
-    """DistributionPruneCallback that adds up the wall time of its pruning steps."""
-
-    search_s = 0.0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        start = time.perf_counter()
-        super().on_train_epoch_start(trainer, pl_module)
-        self.search_s += time.perf_counter() - start
-
-
 def run_distribution(
     args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: float, target_macs: int, base_macs: int
 ) -> dict[str, Any]:
@@ -241,6 +238,9 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             rl = {**run_rl(args, dm, base, b), "seed": args.seed}
             runs.append(rl)
             out.write_text(json.dumps(results, indent=2))
+        if rl["macs"] >= results["baseline"]["macs"]:
+            print(f"b={b}: the RL run removed nothing, so there is no MACs target to match; matched runs skipped")
+            continue
         for method in args.methods:
             if done(method, b) is None:
                 if method == "distribution":
