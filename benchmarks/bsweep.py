@@ -9,11 +9,12 @@ The reward uses the validation split held out from the training data; the report
 epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`).
 
 Each finished run is written to the results JSON as it completes and skipped on a rerun, so a sweep can span
-several sittings. Example (CPU, the complete Fashion-MNIST):
+several sittings. The recorded CPU sweep (the complete Fashion-MNIST, about two hours on 2 cores):
 
     python benchmarks/bsweep.py --model vgg16 --width 0.25 --dataset fashion-mnist \\
-        --data-dir ../shared/data/fashion-mnist --baseline-epochs 20 --finetune-epochs 16 \\
-        --output benchmarks/results/vgg16w025_fashion_mnist.json
+        --data-dir ../shared/data/fashion-mnist --baseline-epochs 15 --finetune-epochs 16 \\
+        --limit-train-batches 0.25 --agent-updates 15 --reward-batches 6 --init-keep 0.8 --agent-lr 0.1 \\
+        --work benchmarks/work/vgg16w025_fm --output benchmarks/results/vgg16w025_fashion_mnist.json
     python benchmarks/bsweep.py --report benchmarks/results/vgg16w025_fashion_mnist.json
 """
 
@@ -50,7 +51,9 @@ def datamodule(args: argparse.Namespace) -> pl.LightningDataModule:
     return cls[args.dataset](data_dir=args.data_dir, **common)
 
 
-def trainer(args: argparse.Namespace, epochs: int, callbacks: list, name: str) -> pl.Trainer:
+def trainer(
+    args: argparse.Namespace, epochs: int, callbacks: list, name: str, limit_train_batches: float = 1.0
+) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=epochs,
         accelerator=args.accelerator,
@@ -60,7 +63,7 @@ def trainer(args: argparse.Namespace, epochs: int, callbacks: list, name: str) -
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        limit_train_batches=args.limit_train_batches,
+        limit_train_batches=limit_train_batches,
         num_sanity_val_steps=0,
     )
 
@@ -72,6 +75,10 @@ def measure(module: ImageClassifier, args: argparse.Namespace) -> dict[str, Any]
     with torch.no_grad():
         latency = latency_ms(model, x.repeat(64, 1, 1, 1), repeats=args.latency_repeats)
     return {"macs": cost.macs, "params": cost.params, "latency_ms": latency}
+
+
+def finetune_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"lr": args.finetune_lr, "channels_last": args.channels_last}
 
 
 def test_accuracy(t: pl.Trainer, module: ImageClassifier, dm: pl.LightningDataModule) -> float:
@@ -87,6 +94,7 @@ def train_baseline(args: argparse.Namespace, dm: pl.LightningDataModule, path: P
             in_channels=dm.in_channels,
             model_kwargs={"width": args.width},
             lr=args.lr,
+            channels_last=args.channels_last,
         )
         t = trainer(args, args.baseline_epochs, [], "baseline")
         t.fit(module, datamodule=dm)
@@ -117,7 +125,7 @@ class TimedDistributionPrune(SearchTimer, DistributionPruneCallback):
 
 def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: float) -> dict[str, Any]:
     pl.seed_everything(args.seed)
-    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", lr=args.finetune_lr)
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **finetune_overrides(args))
     callback = TimedRLPrune(
         b=b,
         start_epoch=0,
@@ -125,9 +133,11 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         agent_updates=args.agent_updates,
         num_samples=args.num_samples,
         reward_batches=args.reward_batches,
+        init_keep=args.init_keep,
+        agent_lr=args.agent_lr,
         seed=args.seed,
     )
-    t = trainer(args, args.finetune_epochs, [callback], f"rl_b{b}")
+    t = trainer(args, args.finetune_epochs, [callback], f"rl_b{b}", args.limit_train_batches)
     t.fit(module, datamodule=dm)
     acc = test_accuracy(t, module, dm)
     return {"method": "rl", "b": b, "test_acc": acc, **measure(module, args), "search_s": callback.search_s}
@@ -159,21 +169,24 @@ def prune_rule_based(module: ImageClassifier, method: str, ratio: float, seed: i
     )
     with surgery.preserved_modes(model):
         pruner.step()
+    if module.channels_last:
+        model.to(memory_format=torch.channels_last)
     module.plan.steps.extend([list(s) for s in pruner.DG.pruning_history()])
 
 
 def match_macs(base: Path, method: str, target_macs: int, seed: int) -> float:
-    """The pruning ratio at which `method` reaches `target_macs` (bisection, within 1%)."""
-    low, high = 0.0, 0.95
+    """The pruning ratio at which `method` comes closest to `target_macs` (bisection; stops within 1%)."""
+    low, high, best = 0.0, 0.95, (float("inf"), 0.0)
     for _ in range(14):
         mid = (low + high) / 2
         module = ImageClassifier.load_from_checkpoint(base, map_location="cpu")
         prune_rule_based(module, method, mid, seed)
         macs = model_cost(module.model, surgery.example_input(module.model, module.plan.input_shape)).macs
-        if abs(macs - target_macs) <= 0.01 * target_macs:
-            return mid
+        best = min(best, (abs(macs - target_macs), mid))
+        if best[0] <= 0.01 * target_macs:
+            break
         low, high = (mid, high) if macs > target_macs else (low, mid)
-    return (low + high) / 2
+    return best[1]
 
 
 def run_rule_based(
@@ -181,11 +194,11 @@ def run_rule_based(
 ) -> dict[str, Any]:
     ratio = match_macs(base, method, target_macs, args.seed)
     pl.seed_everything(args.seed)
-    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", lr=args.finetune_lr)
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **finetune_overrides(args))
     start = time.perf_counter()
     prune_rule_based(module, method, ratio, args.seed)
     search_s = time.perf_counter() - start
-    t = trainer(args, args.finetune_epochs, [], f"{method}_b{b}")
+    t = trainer(args, args.finetune_epochs, [], f"{method}_b{b}", args.limit_train_batches)
     t.fit(module, datamodule=dm)
     acc = test_accuracy(t, module, dm)
     return {"method": method, "b": b, "ratio": ratio, "test_acc": acc, **measure(module, args), "search_s": search_s}
@@ -196,7 +209,7 @@ def run_distribution(
 ) -> dict[str, Any]:
     """RL-Pruner mode with a MACs target equal to the reduction the RL run at the same b reached."""
     pl.seed_everything(args.seed)
-    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", lr=args.finetune_lr)
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **finetune_overrides(args))
     steps = args.distribution_steps
     target = 1 - target_macs / base_macs
     callback = TimedDistributionPrune(
@@ -208,7 +221,7 @@ def run_distribution(
         reward_batches=args.reward_batches,
         seed=args.seed,
     )
-    t = trainer(args, args.finetune_epochs, [callback], f"distribution_b{b}")
+    t = trainer(args, args.finetune_epochs, [callback], f"distribution_b{b}", args.limit_train_batches)
     t.fit(module, datamodule=dm)
     acc = test_accuracy(t, module, dm)
     return {"method": "distribution", "b": b, "test_acc": acc, **measure(module, args), "search_s": callback.search_s}
@@ -305,10 +318,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--agent-updates", type=int, default=10)
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--reward-batches", type=int, default=2)
+    p.add_argument("--init-keep", type=float, default=0.9, help="RLPruneCallback's initial keep probability")
+    p.add_argument("--agent-lr", type=float, default=0.05, help="RLPruneCallback's agent learning rate")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--limit-train-batches", type=float, default=1.0)
+    p.add_argument(
+        "--limit-train-batches",
+        type=float,
+        default=1.0,
+        help="fraction of the training set seen per fine-tuning epoch (the baseline always sees all of it)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train and measure in the channels_last layout",
+    )
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default="32-true")

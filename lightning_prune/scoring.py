@@ -299,7 +299,9 @@ class CandidateScorer(AbstractContextManager):
 
     Use as a context manager: on entry the model goes to eval mode (and channels_last), and the prefix
     activations are cached or the mask hooks installed; on exit modes, layout and hooks are restored, also
-    when the block raises. Masks index the group's root channels.
+    when the block raises. Masks index the group's root channels. The model and batches are fixed while the
+    scorer is open, so a mask scored before returns its stored accuracy without a forward pass (a converging
+    agent samples the same mask again and again).
 
     Args:
         model: the network (modified only transiently: modes, hooks and memory layout).
@@ -344,6 +346,9 @@ class CandidateScorer(AbstractContextManager):
         self.allow_slicing = allow_slicing and not compile_suffix
         self.compile_suffix = compile_suffix
         self.cached = False
+        #: Forward passes over the batches so far (masks scored before are answered from memory).
+        self.forward_passes = 0
+        self._scored: dict[bytes, float] = {}
         self._split: Split | None = None
         self._run: Callable[..., torch.Tensor] = model
         self._inputs: list[tuple[Any, ...]] = []
@@ -373,7 +378,7 @@ class CandidateScorer(AbstractContextManager):
             tensor.data = data
         for module, training in self._modes:
             module.training = training
-        self._hooks, self._layouts, self._modes, self._scales = [], [], [], {}
+        self._hooks, self._layouts, self._modes, self._scales, self._scored = [], [], [], {}, {}
         self._split, self._run, self._inputs, self.cached = None, self.model, [], False
 
     def _to_channels_last(self) -> None:
@@ -435,9 +440,17 @@ class CandidateScorer(AbstractContextManager):
             keep = torch.ones(self.size, dtype=torch.bool)
         elif keep.numel() != self.size:
             raise ValueError(f"The keep mask has {keep.numel()} entries but the group has {self.size} channels")
+        keep = keep.to(torch.bool)
+        key = keep.cpu().numpy().tobytes()
+        if key not in self._scored:
+            self._scored[key] = self._forward_accuracy(keep)
+        return self._scored[key]
+
+    def _forward_accuracy(self, keep: torch.Tensor) -> float:
+        self.forward_passes += 1
         correct, total = 0, 0
         with torch.inference_mode():
-            self._apply(keep.to(torch.bool))
+            self._apply(keep)
             with self.forward_context():
                 for args, (_, y) in zip(self._inputs, self.batches, strict=True):
                     correct = correct + (self._run(*args).argmax(-1) == y).sum()

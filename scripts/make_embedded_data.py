@@ -33,9 +33,7 @@ def first_per_class(labels: np.ndarray, per_class: int, num_classes: int = 10) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default=str(REPO / ".." / "shared" / "data" / "fashion-mnist"))
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--train-per-class", type=int, default=400)
@@ -56,9 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         train_index=train_index.astype(np.int32),
         test_index=test_index.astype(np.int32),
     )
-    print(
-        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {len(train_index)} train, {len(test_index)} test"
-    )
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {len(train_index)} train, {len(test_index)} test")
 
 
 if __name__ == "__main__":

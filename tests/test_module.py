@@ -118,3 +118,20 @@ def test_checkpoint_round_trip_of_pruned_module(tmp_path) -> None:
     assert loaded.model.features[0].out_channels == 6
     x = torch.randn(5, 1, 32, 32)
     assert torch.equal(_outputs(loaded, x), _outputs(module, x))
+
+
+def test_channels_last_trains_prunes_and_reloads_in_that_layout(tmp_path) -> None:
+    module, dense = _module(channels_last=True), _module()
+    x = torch.randn(4, 1, 32, 32)
+    torch.testing.assert_close(_outputs(module, x), _outputs(dense, x), rtol=1e-4, atol=1e-5)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader(16, seed=1))
+    module.prune("features.0", [0, 3])
+    trainer.save_checkpoint(tmp_path / "cl.ckpt")
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "cl.ckpt")
+    for m in (module, loaded):
+        convs = [p for p in m.model.parameters() if p.dim() == 4]
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert not any(p.is_contiguous() for p in convs[1:])  # the first conv has one input channel
+    assert loaded.model.features[0].out_channels == 6
+    torch.testing.assert_close(_outputs(loaded, x), _outputs(module, x))

@@ -345,6 +345,23 @@ def test_decisions_identical_with_and_without_the_engine() -> None:
     assert torch.equal(probs_a, probs_b)
 
 
+def test_a_mask_scored_before_is_answered_without_a_forward_pass() -> None:
+    model = _randomized(build_model("vgg11", num_classes=10, width=0.25))
+    batches = _batches(model)
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, "features.4")
+    scorer = CandidateScorer(model, maps, batches)
+    mild, strong = _keep_masks(scorer.size, seed=0)
+    with scorer:
+        first = [scorer.accuracy(mild), scorer.accuracy(strong)]
+        assert [scorer.accuracy(mild.clone()), scorer.accuracy(strong.int())] == first
+        assert scorer.forward_passes == 2
+    with scorer:  # a new context may see a changed model: nothing is remembered
+        assert scorer.accuracy(mild) == first[0]
+        assert scorer.forward_passes == 3
+    assert first[0] != first[1]
+
+
 def test_keep_mask_of_the_wrong_size_is_rejected() -> None:
     model = build_model("vgg11", num_classes=10, width=0.125).eval()
     graph = surgery.build_graph(model, EXAMPLE)

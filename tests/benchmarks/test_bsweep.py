@@ -1,0 +1,49 @@
+"""End-to-end test of `benchmarks/bsweep.py` on the embedded data: a tiny sweep, its resumption and its report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bsweep.py"
+
+
+@pytest.fixture(scope="module")
+def bsweep():
+    spec = importlib.util.spec_from_file_location("bsweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _argv(tmp_path: Path, *methods: str) -> list[str]:
+    return [
+        "--dataset", "embedded", "--model", "vgg11", "--width", "0.125", "--b", "50",
+        "--init-keep", "0.5", "--agent-lr", "0.5",
+        "--methods", *methods, "--baseline-epochs", "1", "--finetune-epochs", "8", "--limit-train-batches", "0.1",
+        "--agent-updates", "1", "--num-samples", "2", "--reward-batches", "1", "--latency-repeats", "1",
+        "--accelerator", "cpu", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "sweep.json"),
+    ]  # fmt: skip
+
+
+def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
+    bsweep.main(_argv(tmp_path, "l1_uniform"))
+    results = json.loads((tmp_path / "sweep.json").read_text())
+    assert results["dataset"] == "embedded" and set(results["baseline"]) == {"test_acc", "macs", "params"}
+    rl, l1 = results["runs"]
+    assert (rl["method"], rl["b"], l1["method"], l1["b"]) == ("rl", 50.0, "l1_uniform", 50.0)
+    for run in (rl, l1):
+        assert {"test_acc", "macs", "params", "latency_ms", "search_s", "seed"} <= set(run)
+        assert 0.0 <= run["test_acc"] <= 100.0 and run["macs"] < results["baseline"]["macs"]
+    assert abs(l1["macs"] - rl["macs"]) <= 0.1 * rl["macs"]  # matched, up to the coarse channel counts
+
+    bsweep.main(_argv(tmp_path, "l1_uniform", "random"))  # a rerun only adds what is missing
+    runs = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert runs[:2] == [rl, l1] and [r["method"] for r in runs] == ["rl", "l1_uniform", "random"]
+
+    table = bsweep.report(tmp_path / "sweep.json")
+    assert table.count("\n| ") == 4 and "![accuracy vs MACs](sweep.png)" in table  # header + 3 runs
+    assert (tmp_path / "sweep.png").stat().st_size > 0
