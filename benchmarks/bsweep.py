@@ -158,16 +158,16 @@ def prune_rule_based(module: ImageClassifier, method: str, ratio: float, seed: i
         "random": tp.importance.RandomImportance(),
         "magnitude_global": tp.importance.MagnitudeImportance(p=2),
     }[method]
-    pruner = tp.pruner.MetaPruner(
-        model,
-        x,
-        importance=importance,
-        global_pruning=method == "magnitude_global",
-        pruning_ratio=ratio,
-        max_pruning_ratio=0.95,
-        ignored_layers=ignored,
-    )
-    with surgery.preserved_modes(model):
+    with surgery.preserved_modes(model):  # tracing the dependency graph switches the model to eval mode
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x,
+            importance=importance,
+            global_pruning=method == "magnitude_global",
+            pruning_ratio=ratio,
+            max_pruning_ratio=0.95,
+            ignored_layers=ignored,
+        )
         pruner.step()
     if module.channels_last:
         model.to(memory_format=torch.channels_last)

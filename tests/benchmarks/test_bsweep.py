@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_prune import ImageClassifier
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bsweep.py"
 
 
@@ -47,3 +49,11 @@ def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
     table = bsweep.report(tmp_path / "sweep.json")
     assert table.count("\n| ") == 4 and "![accuracy vs MACs](sweep.png)" in table  # header + 3 runs
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("method", ["l1_uniform", "random", "magnitude_global"])
+def test_rule_based_pruning_shrinks_the_model_and_leaves_it_in_train_mode(bsweep, method) -> None:
+    module = ImageClassifier("vgg11", num_classes=10, in_channels=1, model_kwargs={"width": 0.125})
+    bsweep.prune_rule_based(module, method, 0.5, seed=0)
+    assert all(m.training for m in module.model.modules())  # fine-tuning must update BatchNorm statistics
+    assert module.model.features[0].out_channels < 8 and module.plan.steps
