@@ -387,7 +387,7 @@ class GroupScorer(CandidateScorer):
                 scale = scales.setdefault(module, torch.ones(out_channels(module), device=idx.device))
                 scale[idx[~keep.to(device=idx.device, dtype=torch.bool)]] = 0.0
         self._pending = scales
-        try:
-            return self.accuracy()
+        try:  # not remembered: the one-group key `accuracy` remembers by cannot tell these masks apart
+            return self._forward_accuracy(torch.ones(self.size, dtype=torch.bool))
         finally:
             self._pending = {}
