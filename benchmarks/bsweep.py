@@ -81,6 +81,20 @@ def finetune_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"lr": args.finetune_lr, "channels_last": args.channels_last}
 
 
+def finetune(
+    args: argparse.Namespace,
+    dm: pl.LightningDataModule,
+    module: ImageClassifier,
+    method: str,
+    b: float,
+    callbacks: list,
+) -> dict[str, Any]:
+    """Fine-tune `module` for the sweep's budget, then its final test accuracy and measurements."""
+    t = trainer(args, args.finetune_epochs, callbacks, f"{method}_b{b}", args.limit_train_batches)
+    t.fit(module, datamodule=dm)
+    return {"method": method, "b": b, "test_acc": test_accuracy(t, module, dm), **measure(module, args)}
+
+
 def test_accuracy(t: pl.Trainer, module: ImageClassifier, dm: pl.LightningDataModule) -> float:
     return float(t.test(module, datamodule=dm, verbose=False)[0]["test_acc"])
 
@@ -137,10 +151,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         agent_lr=args.agent_lr,
         seed=args.seed,
     )
-    t = trainer(args, args.finetune_epochs, [callback], f"rl_b{b}", args.limit_train_batches)
-    t.fit(module, datamodule=dm)
-    acc = test_accuracy(t, module, dm)
-    return {"method": "rl", "b": b, "test_acc": acc, **measure(module, args), "search_s": callback.search_s}
+    return {**finetune(args, dm, module, "rl", b, [callback]), "search_s": callback.search_s}
 
 
 def prune_rule_based(module: ImageClassifier, method: str, ratio: float, seed: int) -> None:
@@ -198,10 +209,7 @@ def run_rule_based(
     start = time.perf_counter()
     prune_rule_based(module, method, ratio, args.seed)
     search_s = time.perf_counter() - start
-    t = trainer(args, args.finetune_epochs, [], f"{method}_b{b}", args.limit_train_batches)
-    t.fit(module, datamodule=dm)
-    acc = test_accuracy(t, module, dm)
-    return {"method": method, "b": b, "ratio": ratio, "test_acc": acc, **measure(module, args), "search_s": search_s}
+    return {**finetune(args, dm, module, method, b, []), "ratio": ratio, "search_s": search_s}
 
 
 def run_distribution(
@@ -221,10 +229,7 @@ def run_distribution(
         reward_batches=args.reward_batches,
         seed=args.seed,
     )
-    t = trainer(args, args.finetune_epochs, [callback], f"distribution_b{b}", args.limit_train_batches)
-    t.fit(module, datamodule=dm)
-    acc = test_accuracy(t, module, dm)
-    return {"method": "distribution", "b": b, "test_acc": acc, **measure(module, args), "search_s": callback.search_s}
+    return {**finetune(args, dm, module, "distribution", b, [callback]), "search_s": callback.search_s}
 
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
