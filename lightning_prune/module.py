@@ -40,8 +40,8 @@ class ImageClassifier(pl.LightningModule):
         weight_decay: L2 penalty.
         scheduler: "cosine" (over `max_epochs`), "step" (x0.1 at 50% and 75% of `max_epochs`) or "none".
         label_smoothing: cross-entropy label smoothing.
-        channels_last: keep weights and inputs in the channels_last memory format. Convolutions run about
-            1.5x faster this way on CPU and under mixed precision on GPU; pruning keeps the layout.
+        channels_last: keep weights and inputs in the channels_last memory format, usually faster for
+            convolutions on CPU and under mixed precision on GPU; pruning keeps the layout.
 
     Example::
 
