@@ -1,7 +1,8 @@
 """b-sweep: RLPruneCallback at several accuracy budgets b against rule-based pruning at the same MACs.
 
 One baseline is trained (or loaded) once; every method then starts from that checkpoint and gets the same
-fine-tuning budget (`--finetune-epochs`). RL runs prune layer by layer inside that budget; rule-based methods
+fine-tuning budget (`--finetune-epochs`). RL runs prune layer by layer inside that budget, with
+`--epochs-per-layer` epochs between two layers (0: every layer before the first epoch); rule-based methods
 (L1-norm ranking with a uniform per-layer ratio, random filters, torch-pruning's global magnitude ranking) prune
 once, to the MACs the RL run at the same b reached, and fine-tune for the whole budget; the RL-Pruner mode
 (`DistributionPruneCallback`) gets that MACs reduction as its target, reached in `--distribution-steps` steps.
@@ -9,13 +10,15 @@ The reward uses the validation split held out from the training data; the report
 epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`).
 
 Each finished run is written to the results JSON as it completes and skipped on a rerun, so a sweep can span
-several sittings. The recorded CPU sweep (the complete Fashion-MNIST, about two hours on 2 cores):
+several sittings. The recorded CPU sweep (the complete Fashion-MNIST, about 80 minutes on 2 cores once the
+baseline exists):
 
     python benchmarks/bsweep.py --model vgg16 --width 0.25 --dataset fashion-mnist \\
         --data-dir ../shared/data/fashion-mnist --baseline-epochs 15 --finetune-epochs 16 \\
         --limit-train-batches 0.25 --agent-updates 15 --reward-batches 6 --init-keep 0.8 --agent-lr 0.1 \\
-        --work benchmarks/work/vgg16w025_fm --output benchmarks/results/vgg16w025_fashion_mnist.json
-    python benchmarks/bsweep.py --report benchmarks/results/vgg16w025_fashion_mnist.json
+        --calibration-batches 8 --epochs-per-layer 0 --b 3 1 2 0.5 --methods l1_uniform random magnitude_global \\
+        --work benchmarks/work/vgg16w025_fm --output benchmarks/results/vgg16w025_fashion_mnist_calibrated.json
+    python benchmarks/bsweep.py --report benchmarks/results/vgg16w025_fashion_mnist_calibrated.json
 """
 
 from __future__ import annotations
@@ -149,6 +152,9 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         reward_batches=args.reward_batches,
         init_keep=args.init_keep,
         agent_lr=args.agent_lr,
+        decision=args.decision,
+        budget_schedule=args.budget_schedule,
+        calibration_batches=args.calibration_batches,
         seed=args.seed,
     )
     return {**finetune(args, dm, module, "rl", b, [callback]), "search_s": callback.search_s}
@@ -325,6 +331,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reward-batches", type=int, default=2)
     p.add_argument("--init-keep", type=float, default=0.9, help="RLPruneCallback's initial keep probability")
     p.add_argument("--agent-lr", type=float, default=0.05, help="RLPruneCallback's agent learning rate")
+    p.add_argument("--decision", default="reward", choices=["reward", "greedy"], help="RLPruneCallback's decision")
+    p.add_argument(
+        "--budget-schedule", default="linear", choices=["linear", "shared"], help="RLPruneCallback's budget schedule"
+    )
+    p.add_argument("--calibration-batches", type=int, default=4, help="RLPruneCallback's BatchNorm calibration batches")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)

@@ -93,6 +93,19 @@ def most_likely_mask(probs: torch.Tensor, min_keep: int) -> torch.Tensor:
     return keep
 
 
+def ranked_masks(probs: torch.Tensor, min_keep: int, counts: int) -> torch.Tensor:
+    """Masks keeping the k most likely filters, for `counts` values of k spread evenly from `min_keep` to all.
+
+    Scored and ranked by reward, they pick how many filters to keep along the order the agent learned.
+    """
+    n = probs.numel()
+    ks = torch.linspace(min_keep, n, max(counts, 2)).round().long().unique()
+    order = torch.argsort(probs.detach(), descending=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n)
+    return rank[None, :] < ks[:, None]
+
+
 class LayerSearch:
     """The agent of one layer with its optimizer and random stream: sample, update, decide, save, resume.
 

@@ -4,6 +4,13 @@ Both papers multiply an accuracy term, `1 - (p* - p) / b`, by an efficiency term
 unpruned network before pruning began, so `b` budgets the drop of the whole network, not of one layer: once
 earlier layers have used part of the budget, later layers are rewarded for pruning less. The accuracy term is
 negative whenever the drop exceeds `b`, and then removing more filters is punished harder.
+
+Pruned layer by layer, the earliest layers would otherwise spend the whole budget: each reward sees only its own
+layer, and a few filters of a small early layer look cheap. `budget_at` spreads `b` over the layers instead.
+
+A candidate scoring above `p*` counts as no drop (term 1), unlike in the papers. Such a gain is noise of
+the few validation images scored, and rewarding it `1/b` times would make a small `b` prune more than a
+large one; capped, a larger `b` never prefers keeping more filters among the same scored candidates.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ RewardFn = Callable[[float, float, float, int, int], float]
 
 
 def accuracy_term(p_star: float, p: float, b: float) -> float:
-    """`1 - (p* - p) / b`: 1 with no drop, 0 at a drop of exactly `b`, negative beyond it."""
+    """`1 - max(p* - p, 0) / b`: 1 with no drop (or a gain), 0 at a drop of exactly `b`, negative beyond it."""
     if b <= 0:
         raise ValueError(f"b must be positive, got {b}")
-    return 1.0 - (p_star - p) / b
+    return 1.0 - max(p_star - p, 0.0) / b
 
 
 def _check_counts(n: int, kept: int) -> int:
@@ -35,6 +42,19 @@ def huang_reward(p_star: float, p: float, b: float, n: int, kept: int) -> float:
 def yang_reward(p_star: float, p: float, b: float, n: int, kept: int) -> float:
     """Yang & Xu: `(1 - (p* - p)/b) * n / kept` (a linear rather than logarithmic efficiency term)."""
     return accuracy_term(p_star, p, b) * n / _check_counts(n, kept)
+
+
+def budget_at(b: float, index: int, count: int, schedule: str = "linear") -> float:
+    """The drop from `p*` (points) the network may have reached once the `index`-th (0-based) of `count` layers
+    is pruned: "linear" gives layer i its share, `b * (i + 1) / count` in all (what earlier layers left unused
+    carries over); "shared" lets every layer use all of `b` that is left."""
+    if not 0 <= index < count:
+        raise ValueError(f"Need 0 <= index < count, got index={index}, count={count}")
+    if schedule == "shared":
+        return b
+    if schedule == "linear":
+        return b * (index + 1) / count
+    raise ValueError(f"Unknown budget schedule {schedule!r}: use 'linear' or 'shared'")
 
 
 REWARDS: dict[str, RewardFn] = {"huang": huang_reward, "yang": yang_reward}

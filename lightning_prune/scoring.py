@@ -11,14 +11,22 @@ values it hands to mask-dependent nodes. Each candidate then runs only the mask-
 In a plain chain this is everything after the layer; in residual and concatenating networks the independent
 branches are cached too. A model `torch.fx` cannot trace, or a cache over `max_cache_mb`, falls back to the full
 forward with the masks applied by forward hooks.
+
+Removing channels shifts the statistics that every later BatchNorm layer sees, so an unadjusted candidate
+scores far below what it recovers to after a little training. With `calibration` inputs, each candidate first
+re-estimates the running statistics of the BatchNorm layers its mask affects on those inputs (the adaptive
+BatchNorm evaluation of EagleEye, Li et al. 2020): its accuracy then tracks the accuracy it reaches after
+fine-tuning, and the model's own statistics are restored afterwards. The engine re-estimates the BatchNorm
+layers of the suffix (for a plain chain, exactly what physical removal followed by re-estimation gives); the
+full-forward fallback re-estimates every BatchNorm layer from the group's first layer on.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,6 +56,8 @@ _ZERO_KEEPING_MODULES = (
 _ZERO_KEEPING_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d)
 _INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.iand, operator.ior)
 _PER_CHANNEL = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 #: Above this fraction of removed input channels a convolution slices its input instead of masking its weights.
 SLICE_FRACTION = 0.25
@@ -313,6 +323,9 @@ class CandidateScorer(AbstractContextManager):
         channels_last: score in channels_last layout (faster for convolutions on CPU and with AMP).
         allow_slicing: let the convolution reading a masked value drop removed input channels.
         compile_suffix: `torch.compile` the part run per candidate (masks only, no slicing: static shapes).
+        calibration: inputs (training images on the model's device) on which each candidate re-estimates the
+            running statistics of the BatchNorm layers its mask affects before it is scored; empty: scored with
+            the model's statistics.
 
     Example::
 
@@ -332,6 +345,7 @@ class CandidateScorer(AbstractContextManager):
         channels_last: bool = True,
         allow_slicing: bool = True,
         compile_suffix: bool = False,
+        calibration: Sequence[torch.Tensor] = (),
     ) -> None:
         if not channel_maps:
             raise ValueError("CandidateScorer needs at least one (module, channel index) pair to mask")
@@ -345,6 +359,7 @@ class CandidateScorer(AbstractContextManager):
         self.channels_last = channels_last
         self.allow_slicing = allow_slicing and not compile_suffix
         self.compile_suffix = compile_suffix
+        self.calibration = list(calibration)
         self.cached = False
         #: Forward passes over the batches so far (masks scored before are answered from memory).
         self.forward_passes = 0
@@ -352,6 +367,8 @@ class CandidateScorer(AbstractContextManager):
         self._split: Split | None = None
         self._run: Callable[..., torch.Tensor] = model
         self._inputs: list[tuple[Any, ...]] = []
+        self._calibration_inputs: list[tuple[Any, ...]] = []
+        self._norms: list[tuple[_BatchNorm, dict[str, Any]]] = []
         self._scales: dict[nn.Module, torch.Tensor] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._layouts: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -378,8 +395,10 @@ class CandidateScorer(AbstractContextManager):
             tensor.data = data
         for module, training in self._modes:
             module.training = training
+        _restore_norms(self._norms)
         self._hooks, self._layouts, self._modes, self._scales, self._scored = [], [], [], {}, {}
         self._split, self._run, self._inputs, self.cached = None, self.model, [], False
+        self._calibration_inputs, self._norms = [], []
 
     def _to_channels_last(self) -> None:
         """Convert 4-d parameters and buffers in place, remembering the originals for `__exit__`."""
@@ -393,15 +412,35 @@ class CandidateScorer(AbstractContextManager):
 
     def _prepare(self) -> None:
         inputs = [self._layout(x) for x, _ in self.batches]
+        calibration = [self._layout(x) for x in self.calibration]
         split = split_before(self.model, self.channel_maps, allow_slicing=self.allow_slicing) if self.cache else None
         if split is not None:
-            cached = self._cache_prefix(split, inputs)
+            cached = self._cache_prefix(split, inputs + calibration)
             if cached is not None:
-                self._split, self._inputs, self.cached = split, cached, True
+                self._split, self.cached = split, True
+                self._inputs, self._calibration_inputs = cached[: len(inputs)], cached[len(inputs) :]
                 self._run = torch.compile(split.suffix) if self.compile_suffix else split.suffix
+                if calibration:
+                    self._norms = _save_norms(m for m in split.suffix.modules() if isinstance(m, _BatchNorm))
                 return
-        self._inputs = [(x,) for x in inputs]
+        self._inputs, self._calibration_inputs = [(x,) for x in inputs], [(x,) for x in calibration]
         self._hooks = [m.register_forward_hook(self._hook) for m, _ in self.channel_maps]
+        if calibration:
+            self._norms = _save_norms(self._norms_from_first_mask(calibration[0]))
+
+    def _norms_from_first_mask(self, x: torch.Tensor) -> list[_BatchNorm]:
+        """The BatchNorm layers that run from the group's first masked layer on (all a mask can affect)."""
+        masked = {m for m, _ in self.channel_maps}
+        order: list[nn.Module] = []
+        hooks = [m.register_forward_pre_hook(lambda m, _: order.append(m)) for m in self.model.modules()]
+        try:
+            with torch.inference_mode(), self.forward_context():
+                self.model(x[:1])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        first = min(i for i, m in enumerate(order) if m in masked)
+        return [m for m in order[first:] if isinstance(m, _BatchNorm)]
 
     def _cache_prefix(self, split: Split, inputs: list[torch.Tensor]) -> list[tuple[Any, ...]] | None:
         """The prefix's values for every batch, or None as soon as they exceed `max_cache_mb`."""
@@ -451,11 +490,72 @@ class CandidateScorer(AbstractContextManager):
         correct, total = 0, 0
         with torch.inference_mode():
             self._apply(keep)
+            self._calibrate()
             with self.forward_context():
                 for args, (_, y) in zip(self._inputs, self.batches, strict=True):
                     correct = correct + (self._run(*args).argmax(-1) == y).sum()
                     total += y.numel()
         return 100.0 * int(correct) / max(total, 1)
+
+    def _calibrate(self) -> None:
+        """Re-estimate the affected BatchNorm statistics on the calibration inputs."""
+        if self._norms:
+            with reestimating([n for n, _ in self._norms]), self.forward_context():
+                for args in self._calibration_inputs:
+                    self._run(*args)
+
+
+@contextmanager
+def reestimating(norms: Sequence[_BatchNorm]) -> Iterator[None]:
+    """Forwards inside the block re-estimate the running statistics of `norms` from scratch (an equal-weight
+    average over the batches); their momentum and mode come back afterwards."""
+    saved = [(n, n.momentum, n.training) for n in norms]
+    try:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()
+        yield
+    finally:
+        for norm, momentum, training in saved:
+            norm.momentum, norm.training = momentum, training
+
+
+def reestimate_batchnorm(
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    forward_context: Callable[[], AbstractContextManager] | None = None,
+) -> None:
+    """Re-estimate the running statistics of every BatchNorm layer of `model` on `inputs` (the rest of the model
+    runs in eval mode; modes come back afterwards). After pruning, the statistics then match the pruned network."""
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms or not inputs:
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), reestimating(norms), (forward_context or nullcontext)():
+            for x in inputs:
+                model(x)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _save_norms(norms: Iterable[_BatchNorm]) -> list[tuple[_BatchNorm, dict[str, torch.Tensor]]]:
+    """Each tracking BatchNorm layer with a copy of its statistics."""
+    return [
+        (n, {k: getattr(n, k).clone() for k in _NORM_STATS})
+        for n in dict.fromkeys(norms)
+        if n.track_running_stats and n.running_mean is not None
+    ]
+
+
+def _restore_norms(saved: Sequence[tuple[_BatchNorm, dict[str, torch.Tensor]]]) -> None:
+    with torch.no_grad():
+        for norm, state in saved:
+            for k in _NORM_STATS:
+                getattr(norm, k).copy_(state[k])
 
 
 def validation_loader(trainer: pl.Trainer) -> DataLoader:
@@ -478,10 +578,15 @@ def validation_loader(trainer: pl.Trainer) -> DataLoader:
 
 
 def first_batches(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, split: Literal["train", "val"], count: int
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    split: Literal["train", "val"],
+    count: int,
+    seed: int | None = None,
 ) -> list[Batch]:
     """The first `count` batches of a split read in order, on the module's device: the same on every rank (no
-    distributed sampler), drawn under a forked RNG so augmentation leaves the training run's random stream alone."""
+    distributed sampler), drawn under a forked RNG so augmentation leaves the training run's random stream alone.
+    With `seed`, augmentation draws from that seed: the same batches on every rank and after a resume."""
     if split == "val":
         loader = validation_loader(trainer)
     else:
@@ -492,6 +597,8 @@ def first_batches(
     sequential = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
     batches = []
     with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
         for x, y in itertools.islice(sequential, count):
             batches.append((trainer.precision_plugin.convert_input(x.to(pl_module.device)), y.to(pl_module.device)))
     return batches

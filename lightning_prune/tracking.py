@@ -214,7 +214,8 @@ def log_layer(
     rank_zero_info(
         f"[RLPrune] layer {record['index'] + 1}/{total_layers} {record['name']}: "
         f"{record['before']} -> {record['after']} filters, "
-        f"val acc of the decision {record['decision_acc']:.2f} (p*={p_star:.2f}, b={b}), "
+        f"val acc of the decision {record['decision_acc']:.2f} (p*={p_star:.2f}, b={b}, "
+        f"drop allowed by this layer {record.get('budget', b):.2f}), "
         f"MACs -{100 * reduction:.1f}%"
     )
 

@@ -57,7 +57,8 @@ def tiny_data(batch_size: int = 32, **kwargs: Any) -> EmbeddedFashionMNISTDataMo
 
 
 def fast_callback(**kwargs: Any) -> RLPruneCallback:
-    """Few, cheap agent updates; `init_keep` below 0.5 with `min_keep=0.5` makes every layer really shrink."""
+    """Few, cheap agent updates; the greedy decision with `init_keep` below 0.5 and `min_keep=0.5` makes every
+    layer really shrink."""
     options: dict[str, Any] = {
         "layers": LAYERS["vgg11"],
         "start_epoch": 1,
@@ -67,6 +68,7 @@ def fast_callback(**kwargs: Any) -> RLPruneCallback:
         "reward_batches": 1,
         "init_keep": 0.3,
         "min_keep": 0.5,
+        "decision": "greedy",
     }
     options.update(kwargs)
     return RLPruneCallback(**options)

@@ -78,6 +78,26 @@ def test_larger_budget_removes_more(tmp_path, trained_vgg):
     assert sum(macs[2.0]) < sum(macs[0.5]), macs
 
 
+def test_reward_decision_removes_the_least_likely_filters(tmp_path, trained_vgg):
+    """The reward decision keeps the agent's most likely filters (how many is what the reward picks), scored
+    against the linear budget schedule."""
+    module = copy.deepcopy(trained_vgg)
+    callback = RLPruneCallback(b=2.0, layers=LAYERS["vgg11"], finetune_epochs=0, reward_batches=1, init_keep=0.6)
+    fast_trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1).fit(
+        module, datamodule=tiny_data(batch_size=500, augment=False)
+    )
+    assert any(h["after"] < h["before"] for h in callback.history)
+    assert [h["budget"] for h in callback.history] == [1.0, 2.0]  # linear schedule: b * i / L for 2 layers
+    removed = {name: idxs for name, _, idxs in steps(module)}
+    for record in callback.history:
+        probs = torch.tensor(record["keep_probs"])
+        gone = torch.zeros(len(probs), dtype=torch.bool)
+        gone[removed.get(record["name"], [])] = True
+        assert int(gone.sum()) == record["before"] - record["after"]
+        if gone.any():
+            assert probs[gone].max() <= probs[~gone].min()
+
+
 @pytest.mark.parametrize("min_keep", [3, 0.5])
 def test_min_keep_is_never_violated(tmp_path, min_keep):
     pl.seed_everything(0)
@@ -148,6 +168,10 @@ def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
         ({"min_keep": 0.0}, "min_keep=0.0"),
         ({"min_keep": True}, "min_keep=True"),
         ({"layers": []}, "selects nothing"),
+        ({"decision": "best"}, "decision='best' is unknown: use 'reward' or 'greedy'"),
+        ({"decision_counts": 1}, "decision_counts=1 must be >= 2"),
+        ({"budget_schedule": "even"}, "budget_schedule='even' is unknown: use 'linear' or 'shared'"),
+        ({"calibration_batches": -1}, "calibration_batches=-1 must be >= 0"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):

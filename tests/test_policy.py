@@ -13,6 +13,7 @@ from lightning_prune.policy import (
     log_prob,
     min_keep_count,
     most_likely_mask,
+    ranked_masks,
     reinforce_loss,
     sample_masks,
 )
@@ -104,6 +105,15 @@ def test_most_likely_mask_keeps_min_keep() -> None:
     assert most_likely_mask(probs, 1).tolist() == [False, False, False, True, False]
     assert most_likely_mask(probs, 3).tolist() == [False, True, True, True, False]
     assert most_likely_mask(torch.full((4,), 0.01), 2).sum() == 2
+
+
+def test_ranked_masks_keep_the_most_likely_filters() -> None:
+    probs = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.2])
+    masks = ranked_masks(probs, min_keep=2, counts=3)
+    assert masks.sum(1).tolist() == [2, 4, 6]
+    assert masks[0].tolist() == [False, True, False, True, False, False]
+    assert masks[1].tolist() == [False, True, True, True, True, False]
+    assert ranked_masks(probs, min_keep=2, counts=50).sum(1).tolist() == [2, 3, 4, 5, 6]  # each count once
 
 
 @pytest.mark.parametrize(

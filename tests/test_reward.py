@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from lightning_prune.reward import REWARDS, accuracy_term, huang_reward, yang_reward
+from lightning_prune.reward import REWARDS, accuracy_term, budget_at, huang_reward, yang_reward
 
 
 def test_accuracy_term() -> None:
     assert accuracy_term(90.0, 90.0, 2.0) == 1.0
     assert accuracy_term(90.0, 89.0, 2.0) == pytest.approx(0.5)
     assert accuracy_term(90.0, 88.0, 2.0) == pytest.approx(0.0)
-    assert accuracy_term(90.0, 91.0, 2.0) == pytest.approx(1.5)  # better than before pruning
+    assert accuracy_term(90.0, 91.0, 2.0) == 1.0  # a gain over the unpruned network counts as no drop
     assert accuracy_term(90.0, 86.0, 2.0) == pytest.approx(-1.0)
 
 
@@ -66,3 +66,24 @@ def test_invalid_arguments_raise(fn, b: float, n: int, kept: int, match: str) ->
 
 def test_registry() -> None:
     assert REWARDS == {"huang": huang_reward, "yang": yang_reward}
+
+
+@pytest.mark.parametrize("fn", [huang_reward, yang_reward])
+def test_larger_budget_never_prefers_keeping_more(fn) -> None:
+    """Among the same scored candidates (kept, accuracy), the best for a larger b keeps no more filters."""
+    candidates = [(64, 90.4), (56, 90.6), (48, 89.9), (40, 89.2), (32, 88.1), (24, 86.0), (16, 80.0)]
+    best = [max(candidates, key=lambda c: fn(90.0, c[1], b, 64, c[0]))[0] for b in (0.25, 0.5, 1.0, 2.0, 3.0, 6.0)]
+    assert best == sorted(best, reverse=True)
+    assert best[0] > best[-1]
+
+
+def test_budget_schedules() -> None:
+    assert [budget_at(2.0, i, 4) for i in range(4)] == [0.5, 1.0, 1.5, 2.0]
+    assert [budget_at(2.0, i, 4, "shared") for i in range(4)] == [2.0] * 4
+    assert budget_at(3.0, 0, 1) == 3.0  # a single layer gets all of b
+
+
+@pytest.mark.parametrize(("args", "match"), [((1.0, 4, 4), "index=4, count=4"), ((1.0, 0, 2, "cubic"), "'cubic'")])
+def test_bad_budget_arguments(args, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        budget_at(*args)

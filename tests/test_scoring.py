@@ -12,7 +12,7 @@ from torch import nn
 from lightning_prune import surgery
 from lightning_prune.models import build_model
 from lightning_prune.policy import LayerSearch
-from lightning_prune.scoring import CandidateScorer, split_before
+from lightning_prune.scoring import CandidateScorer, reestimate_batchnorm, split_before
 
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 
@@ -360,6 +360,68 @@ def test_a_mask_scored_before_is_answered_without_a_forward_pass() -> None:
         assert scorer.accuracy(mild) == first[0]
         assert scorer.forward_passes == 3
     assert first[0] != first[1]
+
+
+def _calibration(n: int = 2, size: int = 24, seed: int = 7) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, 3, 32, 32, generator=gen) * 1.5 + 0.3 for _ in range(n)]
+
+
+def _removed_and_recalibrated(
+    model: nn.Module, name: str, keep: torch.Tensor, batches: list, calibration: list, first_norm: int
+) -> float:
+    """Accuracy of a VGG copy with the filters physically removed and `features[first_norm:]`'s BatchNorm
+    statistics re-estimated on `calibration` (cumulative average)."""
+    net = copy.deepcopy(model)
+    surgery.prune_step(net, surgery.build_graph(net, EXAMPLE), [name, True, (~keep).nonzero().flatten().tolist()])
+    norms = [m for m in net.features[first_norm:] if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for x in calibration:
+            net(x)
+        net.eval()
+        correct = sum(int((net(x).argmax(-1) == y).sum()) for x, y in batches)
+    return 100.0 * correct / sum(len(y) for _, y in batches)
+
+
+@pytest.mark.parametrize("layer", ["features.4", "features.15"])
+def test_calibrated_scores_match_removal_then_batchnorm_reestimation(layer: str) -> None:
+    """The engine re-estimates the BatchNorm layers after the mask (physical removal + re-estimation of the later
+    BatchNorm layers); the full forward re-estimates every BatchNorm from the group's first layer on."""
+    model = _randomized(build_model("vgg11", num_classes=10, width=0.25))
+    batches, calibration = _batches(model), _calibration()
+    graph = surgery.build_graph(model, EXAMPLE)
+    maps = surgery.output_channel_maps(model, graph, layer)
+    masks = _keep_masks(len(maps[0][1]), seed=3)
+    own_norm = int(layer.split(".")[1]) + 1
+    before = [b.clone() for b in model.buffers()]
+    for cache, first_norm in ((True, own_norm + 1), (False, own_norm)):
+        with CandidateScorer(model, maps, batches, cache=cache, calibration=calibration) as scorer:
+            assert scorer.cached == cache
+            scores = [scorer.accuracy(k) for k in masks]
+        expected = [_removed_and_recalibrated(model, layer, k, batches, calibration, first_norm) for k in masks]
+        assert scores == expected, (cache, scores, expected)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))  # statistics restored
+    assert all(m.momentum == 0.1 and not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    with CandidateScorer(model, maps, batches) as plain:
+        assert [plain.accuracy(k) for k in masks] != scores  # re-estimation changes the scores
+
+
+def test_reestimate_batchnorm_averages_the_batch_statistics_and_restores_modes() -> None:
+    model = _randomized(build_model("vgg11", num_classes=10, width=0.25)).train()
+    model.features[0].eval()
+    inputs = _calibration(n=3, size=8)
+    conv, norm = model.features[0], model.features[1]
+    with torch.no_grad():
+        expected = torch.stack([conv(x).mean((0, 2, 3)) for x in inputs]).mean(0)
+    modes = [m.training for m in model.modules()]
+    reestimate_batchnorm(model, inputs)
+    torch.testing.assert_close(norm.running_mean, expected)
+    assert int(norm.num_batches_tracked) == 3 and norm.momentum == 0.1
+    assert [m.training for m in model.modules()] == modes
 
 
 def test_keep_mask_of_the_wrong_size_is_rejected() -> None:
