@@ -13,10 +13,11 @@ branches are cached too. A model `torch.fx` cannot trace, or a cache over `max_c
 forward with the masks applied by forward hooks.
 
 Removing channels shifts the statistics that every later BatchNorm layer sees, so an unadjusted candidate
-scores far below what it recovers to after a little training. With `calibration` inputs, each candidate first
+scores far below what the pruned network is worth. With `calibration` inputs, each candidate first
 re-estimates the running statistics of the BatchNorm layers its mask affects on those inputs (the adaptive
-BatchNorm evaluation of EagleEye, Li et al. 2020): its accuracy then tracks the accuracy it reaches after
-fine-tuning, and the model's own statistics are restored afterwards. The engine re-estimates the BatchNorm
+BatchNorm evaluation of EagleEye, Li et al. 2020): its accuracy is then that of the pruned network with
+consistent statistics, far closer to what it reaches after fine-tuning, and the model's own statistics are
+restored afterwards. The engine re-estimates the BatchNorm
 layers of the suffix (for a plain chain, exactly what physical removal followed by re-estimation gives); the
 full-forward fallback re-estimates every BatchNorm layer from the group's first layer on.
 """
@@ -38,7 +39,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_prune.surgery import out_channels
+from lightning_prune.surgery import execution_order, out_channels
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -430,17 +431,9 @@ class CandidateScorer(AbstractContextManager):
 
     def _norms_from_first_mask(self, x: torch.Tensor) -> list[_BatchNorm]:
         """The BatchNorm layers that run from the group's first masked layer on (all a mask can affect)."""
-        masked = {m for m, _ in self.channel_maps}
-        order: list[nn.Module] = []
-        hooks = [m.register_forward_pre_hook(lambda m, _: order.append(m)) for m in self.model.modules()]
-        try:
-            with torch.inference_mode(), self.forward_context():
-                self.model(x[:1])
-        finally:
-            for hook in hooks:
-                hook.remove()
-        first = min(i for i, m in enumerate(order) if m in masked)
-        return [m for m in order[first:] if isinstance(m, _BatchNorm)]
+        order = execution_order(self.model, x[:1])
+        first = min(order[m] for m, _ in self.channel_maps if m in order)
+        return [m for m, i in order.items() if isinstance(m, _BatchNorm) and i >= first]
 
     def _cache_prefix(self, split: Split, inputs: list[torch.Tensor]) -> list[tuple[Any, ...]] | None:
         """The prefix's values for every batch, or None as soon as they exceed `max_cache_mb`."""

@@ -92,7 +92,8 @@ def _out_group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]):
     return graph.get_pruning_group(module, pruner.prune_out_channels, idxs)
 
 
-def _execution_order(model: nn.Module, inputs: torch.Tensor) -> dict[nn.Module, int]:
+def execution_order(model: nn.Module, inputs: torch.Tensor) -> dict[nn.Module, int]:
+    """Each leaf module of `model` with the position of its first call in an eval-mode forward of `inputs`."""
     order: dict[nn.Module, int] = {}
 
     def record(module: nn.Module, _: Any) -> None:
@@ -114,7 +115,7 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph, inputs: torch.Te
 
     The layer that produces the network's output is never a root: its channels are the classes.
     """
-    order = _execution_order(model, inputs)
+    order = execution_order(model, inputs)
     by_name = dict(model.named_modules())
     names = {m: n for n, m in by_name.items()}
     last = max((m for m in order if isinstance(m, (nn.Conv2d, nn.Linear))), key=order.__getitem__, default=None)
