@@ -369,7 +369,7 @@ class CandidateScorer(AbstractContextManager):
         self._run: Callable[..., torch.Tensor] = model
         self._inputs: list[tuple[Any, ...]] = []
         self._calibration_inputs: list[tuple[Any, ...]] = []
-        self._norms: list[tuple[_BatchNorm, dict[str, Any]]] = []
+        self._norms: list[tuple[_BatchNorm, dict[str, torch.Tensor]]] = []
         self._scales: dict[nn.Module, torch.Tensor] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._layouts: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -539,7 +539,7 @@ def _save_norms(norms: Iterable[_BatchNorm]) -> list[tuple[_BatchNorm, dict[str,
     """Each tracking BatchNorm layer with a copy of its statistics."""
     return [
         (n, {k: getattr(n, k).clone() for k in _NORM_STATS})
-        for n in dict.fromkeys(norms)
+        for n in norms
         if n.track_running_stats and n.running_mean is not None
     ]
 
