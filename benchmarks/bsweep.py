@@ -6,6 +6,8 @@ fine-tuning budget (`--finetune-epochs`). RL runs prune layer by layer inside th
 (L1-norm ranking with a uniform per-layer ratio, random filters, torch-pruning's global magnitude ranking) prune
 once, to the MACs the RL run at the same b reached, and fine-tune for the whole budget; the RL-Pruner mode
 (`DistributionPruneCallback`) gets that MACs reduction as its target, reached in `--distribution-steps` steps.
+`--macs-targets` runs the same methods at given MACs reductions without an RL run (recorded with `b` null), to
+trace each method's accuracy-vs-MACs curve beyond the reductions RL reaches.
 The reward uses the validation split held out from the training data; the reported accuracy is the final
 epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`).
 
@@ -47,7 +49,7 @@ MATCHED = (*RULE_BASED, "distribution")
 
 
 def datamodule(args: argparse.Namespace) -> pl.LightningDataModule:
-    common = {"batch_size": args.batch_size, "seed": args.seed}
+    common = {"batch_size": args.batch_size, "seed": args.split_seed}
     if args.dataset == "embedded":
         return EmbeddedFashionMNISTDataModule(**common)
     cls = {"fashion-mnist": FashionMNISTDataModule, "cifar10": CIFAR10DataModule, "cifar100": CIFAR100DataModule}
@@ -89,7 +91,7 @@ def finetune(
     dm: pl.LightningDataModule,
     module: ImageClassifier,
     method: str,
-    b: float,
+    b: float | None,
     callbacks: list,
 ) -> dict[str, Any]:
     """Fine-tune `module` for the sweep's budget, then its final test accuracy and measurements."""
@@ -207,7 +209,7 @@ def match_macs(base: Path, method: str, target_macs: int, seed: int) -> float:
 
 
 def run_rule_based(
-    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, method: str, b: float, target_macs: int
+    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, method: str, b: float | None, target_macs: int
 ) -> dict[str, Any]:
     ratio = match_macs(base, method, target_macs, args.seed)
     pl.seed_everything(args.seed)
@@ -219,7 +221,7 @@ def run_rule_based(
 
 
 def run_distribution(
-    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: float, target_macs: int, base_macs: int
+    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: float | None, target_macs: int, base_macs: int
 ) -> dict[str, Any]:
     """RL-Pruner mode with a MACs target equal to the reduction the RL run at the same b reached."""
     pl.seed_everything(args.seed)
@@ -233,6 +235,7 @@ def run_distribution(
         start_epoch=0,
         finetune_epochs=max(1, args.finetune_epochs // (steps + 1)),
         reward_batches=args.reward_batches,
+        calibration_batches=args.calibration_batches,
         seed=args.seed,
     )
     return {**finetune(args, dm, module, "distribution", b, [callback]), "search_s": callback.search_s}
@@ -248,32 +251,57 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     results.setdefault("model", f"{args.model} (width {args.width})")
     results.setdefault("dataset", args.dataset)
     results.setdefault("protocol", vars(args))
+    if results.setdefault("split_seed", args.split_seed) != args.split_seed:
+        raise SystemExit(
+            f"{out} was made with --split-seed {results['split_seed']}, not {args.split_seed}: the baseline was "
+            "trained on that split, so another split would score rewards on its training images. Rerun with "
+            f"--split-seed {results['split_seed']}, or pass a new --output and --work."
+        )
     if "baseline" not in results:
         results["baseline"] = train_baseline(args, dm, base)
         out.write_text(json.dumps(results, indent=2))
     runs = results.setdefault("runs", [])
 
-    def done(method: str, b: float) -> dict[str, Any] | None:
-        return next((r for r in runs if r["method"] == method and r["b"] == b and r["seed"] == args.seed), None)
+    def done(method: str, b: float | None, macs_target: float | None = None) -> dict[str, Any] | None:
+        same = (r for r in runs if r["method"] == method and r["b"] == b and r["seed"] == args.seed)
+        return next((r for r in same if r.get("macs_target") == macs_target), None)
+
+    def save(run: dict[str, Any]) -> None:
+        runs.append({**run, "seed": args.seed})
+        out.write_text(json.dumps(results, indent=2))
 
     for b in args.b:
+        if done("rl", b) is None:
+            save(run_rl(args, dm, base, b))
         rl = done("rl", b)
-        if rl is None:
-            rl = {**run_rl(args, dm, base, b), "seed": args.seed}
-            runs.append(rl)
-            out.write_text(json.dumps(results, indent=2))
         if rl["macs"] >= results["baseline"]["macs"]:
             print(f"b={b}: the RL run removed nothing, so there is no MACs target to match; matched runs skipped")
             continue
         for method in args.methods:
             if done(method, b) is None:
-                if method == "distribution":
-                    run = run_distribution(args, dm, base, b, rl["macs"], results["baseline"]["macs"])
-                else:
-                    run = run_rule_based(args, dm, base, method, b, rl["macs"])
-                runs.append({**run, "seed": args.seed})
-                out.write_text(json.dumps(results, indent=2))
+                save(run_matched(args, dm, base, method, b, rl["macs"], results["baseline"]["macs"]))
+    for reduction in args.macs_targets:
+        target_macs = round((1 - reduction) * results["baseline"]["macs"])
+        for method in args.methods:
+            if done(method, None, reduction) is None:
+                run = run_matched(args, dm, base, method, None, target_macs, results["baseline"]["macs"])
+                save({**run, "macs_target": reduction})
     return results
+
+
+def run_matched(
+    args: argparse.Namespace,
+    dm: pl.LightningDataModule,
+    base: Path,
+    method: str,
+    b: float | None,
+    target_macs: int,
+    base_macs: int,
+) -> dict[str, Any]:
+    """A non-RL method pruned to `target_macs`, then fine-tuned with the sweep's budget."""
+    if method == "distribution":
+        return run_distribution(args, dm, base, b, target_macs, base_macs)
+    return run_rule_based(args, dm, base, method, b, target_macs)
 
 
 def report(path: Path) -> str:
@@ -289,16 +317,21 @@ def report(path: Path) -> str:
         f"Model {results['model']}, dataset {results['dataset']}; baseline test acc {base['test_acc']:.2f}, "
         f"{base['macs'] / 1e6:.1f} M MACs, {base['params'] / 1e6:.2f} M params.",
         "",
-        "| method | b | test acc | drop | MACs (M) | MACs removed | params (M) | latency b=64 (ms) | search (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | b | seed | test acc | drop | MACs (M) | MACs removed | params (M) | latency (ms) | search (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in results["runs"]):
         rows = sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["macs"])
         ax.plot([r["macs"] / 1e6 for r in rows], [r["test_acc"] for r in rows], "o-", label=method)
-    for r in sorted(results["runs"], key=lambda r: (r["b"] if r["b"] is not None else -1, r["method"] != "rl")):
+
+    def order(r: dict[str, Any]) -> tuple:
+        return r["b"] is None, r["b"] or 0, r.get("macs_target") or 0, r["seed"], r["method"] != "rl"
+
+    for r in sorted(results["runs"], key=order):
+        b = "-" if r["b"] is None else r["b"]
         lines.append(
-            f"| {r['method']} | {r['b']} | {r['test_acc']:.2f} | {base['test_acc'] - r['test_acc']:.2f} | "
+            f"| {r['method']} | {b} | {r['seed']} | {r['test_acc']:.2f} | {base['test_acc'] - r['test_acc']:.2f} | "
             f"{r['macs'] / 1e6:.1f} | {100 * (1 - r['macs'] / base['macs']):.1f}% | {r['params'] / 1e6:.2f} | "
             f"{r['latency_ms']:.1f} | {r['search_s']:.0f} |"
         )
@@ -320,7 +353,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10", "cifar100", "embedded"])
     p.add_argument("--data-dir", default="../shared/data/fashion-mnist")
-    p.add_argument("--b", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0])
+    p.add_argument("--b", type=float, nargs="*", default=[0.5, 1.0, 2.0, 3.0])
+    p.add_argument(
+        "--macs-targets",
+        type=float,
+        nargs="*",
+        default=[],
+        help="MACs reductions (fractions) at which every --methods method also runs without an RL run (b null)",
+    )
     p.add_argument("--methods", nargs="*", default=list(MATCHED), choices=MATCHED)
     p.add_argument("--distribution-steps", type=int, default=4, help="pruning steps of the distribution mode")
     p.add_argument("--baseline-epochs", type=int, default=20)
@@ -335,7 +375,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--budget-schedule", default="linear", choices=["linear", "shared"], help="RLPruneCallback's budget schedule"
     )
-    p.add_argument("--calibration-batches", type=int, default=4, help="RLPruneCallback's BatchNorm calibration batches")
+    p.add_argument(
+        "--calibration-batches",
+        type=int,
+        default=4,
+        help="BatchNorm calibration batches of the RL and distribution callbacks",
+    )
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
@@ -354,7 +399,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default="32-true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the runs: agents, sampling and fine-tuning order")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the validation split held out from the training data (fixed by the baseline's training)",
+    )
     p.add_argument("--work", default="benchmarks/work/bsweep")
     p.add_argument("--output", default="benchmarks/results/bsweep.json")
     return p.parse_args(argv)

@@ -359,6 +359,8 @@ class GroupScorer(CandidateScorer):
         group_maps: per group name, its `surgery.output_channel_maps`.
         batches: validation batches `(x, y)` already on the model's device.
         forward_context: the Trainer precision's forward context (autocast), or None.
+        calibration: training inputs on which each sample re-estimates the statistics of the BatchNorm layers
+            from the first masked layer on before it is scored (empty: scored with the model's statistics).
     """
 
     def __init__(
@@ -367,9 +369,10 @@ class GroupScorer(CandidateScorer):
         group_maps: Mapping[str, ChannelMaps],
         batches: Sequence[Batch],
         forward_context: Callable[[], AbstractContextManager] | None = None,
+        calibration: Sequence[torch.Tensor] = (),
     ) -> None:
         unique = {m: idx for maps in group_maps.values() for m, idx in maps}
-        super().__init__(model, list(unique.items()), batches, forward_context, cache=False)
+        super().__init__(model, list(unique.items()), batches, forward_context, cache=False, calibration=calibration)
         self.group_maps = {
             name: [(m, idx.to(next(iter(m.parameters()), idx).device)) for m, idx in maps]
             for name, maps in group_maps.items()

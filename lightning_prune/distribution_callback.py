@@ -69,6 +69,9 @@ class DistributionPruneCallback(Callback):
         clip: largest relative change of an entry of the distribution per update, in (0, 1).
         reward_batches: validation batches each sample is scored on.
         taylor_batches: training batches the Taylor criterion accumulates over.
+        calibration_batches: training batches on which each sample re-estimates the statistics of the
+            BatchNorm layers its removals affect before it is scored, and the pruned model its own after each
+            step (0: score with the model's statistics). See `RLPruneCallback`.
         min_keep: filters every group keeps: a count (int >= 1) or a fraction of its unpruned width (float in
             (0, 1]). A group is never emptied.
         layers: layer names or fnmatch patterns selecting the groups to prune (None: every prunable group).
@@ -100,6 +103,7 @@ class DistributionPruneCallback(Callback):
         clip: float = 0.2,
         reward_batches: int = 2,
         taylor_batches: int = 2,
+        calibration_batches: int = 4,
         min_keep: int | float = 0.1,
         layers: list[str] | None = None,
         seed: int = 0,
@@ -124,6 +128,7 @@ class DistributionPruneCallback(Callback):
             (0 < clip < 1, f"clip={clip} must be in (0, 1)"),
             (reward_batches >= 1, f"reward_batches={reward_batches} must be >= 1"),
             (taylor_batches >= 1, f"taylor_batches={taylor_batches} must be >= 1"),
+            (calibration_batches >= 0, f"calibration_batches={calibration_batches} must be >= 0 (0 turns it off)"),
             (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
         ]
         checks.append((is_min_keep(min_keep), f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
@@ -148,6 +153,7 @@ class DistributionPruneCallback(Callback):
         self.clip = float(clip)
         self.reward_batches = reward_batches
         self.taylor_batches = taylor_batches
+        self.calibration_batches = calibration_batches
         self.min_keep = min_keep
         self.layers = list(layers) if layers is not None else None
         self.seed = seed
@@ -165,7 +171,7 @@ class DistributionPruneCallback(Callback):
         keys = (
             "target", "target_type", "step_size", "start_epoch", "finetune_epochs", "criterion", "alpha", "beta",
             "num_samples", "updates", "elite_size", "noise", "epsilon", "epsilon_decay", "lr", "clip",
-            "reward_batches", "taylor_batches", "min_keep", "layers", "seed",
+            "reward_batches", "taylor_batches", "calibration_batches", "min_keep", "layers", "seed",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
@@ -299,7 +305,10 @@ class DistributionPruneCallback(Callback):
             return rows
 
         batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
-        with GroupScorer(model, group_maps, batches, context) as scorer:
+        step_seed = self.seed + len(self.history)
+        train = scoring.first_batches(trainer, pl_module, "train", self.calibration_batches, seed=step_seed)
+        calibration = [x for x, _ in train]
+        with GroupScorer(model, group_maps, batches, context, calibration) as scorer:
             if self.p_star is None:
                 self.p_star = scorer.accuracy()
             epsilon = self.search.epsilon
@@ -307,6 +316,8 @@ class DistributionPruneCallback(Callback):
         decision = trainer.strategy.broadcast(removals(best.counts), src=0)
         for name, idxs in decision.items():
             pl_module.prune(name, idxs, graph)
+        if decision:
+            scoring.reestimate_batchnorm(pl_module.model, calibration, context)
         self._record(trainer, pl_module, decision, best.details, epsilon)
 
     def _record(

@@ -34,6 +34,7 @@ from lightning_prune.distribution import (
 )
 from lightning_prune.measure import model_cost
 from lightning_prune.models import build_model
+from lightning_prune.scoring import reestimate_batchnorm
 
 SHAPE = [1, 1, 32, 32]
 
@@ -238,6 +239,32 @@ def test_a_sample_scores_and_costs_what_physical_pruning_gives(name: str) -> Non
     assert 0.95 * measured <= predicted <= measured  # activations and pooling are left out: a small underestimate
 
 
+def test_a_calibrated_sample_scores_removal_then_batchnorm_reestimation() -> None:
+    """With calibration inputs a sample is scored as if its channels were removed and every BatchNorm from the
+    first masked layer on re-estimated; the model's statistics are restored afterwards."""
+    model = _model("vgg11")
+    inputs, graph, groups = _groups(model)
+    gen = torch.Generator().manual_seed(2)
+    keeps = {g.name: keep_mask(g.size, torch.randperm(g.size, generator=gen)[: g.size // 2].tolist())
+             for g in groups[::2]}  # fmt: skip
+    calibration = [torch.randn(12, 1, 32, 32, generator=gen) for _ in range(2)]
+    x = torch.randn(32, 1, 32, 32, generator=gen)
+    pruned = copy.deepcopy(model)
+    pruned_graph = surgery.build_graph(pruned, inputs)
+    for name, keep in keeps.items():
+        surgery.prune_step(pruned, pruned_graph, [name, True, (~keep).nonzero().flatten().tolist()])
+    reestimate_batchnorm(pruned, calibration)  # every BatchNorm runs after the first masked layer (features.0)
+    with torch.no_grad():
+        y = pruned.eval()(x).argmax(1)
+    maps = {g.name: surgery.output_channel_maps(model, graph, g.name) for g in groups}
+    before = [b.clone() for b in model.buffers()]
+    with GroupScorer(model, maps, [(x, y)], calibration=calibration) as scorer:
+        assert scorer.accuracy_of(keeps) == 100.0
+    with GroupScorer(model, maps, [(x, y)]) as plain:
+        assert plain.accuracy_of(keeps) < 100.0  # re-estimation changes the score
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
+
+
 # -- the callback ------------------------------------------------------------------------------------------
 
 
@@ -333,6 +360,7 @@ def test_resuming_mid_schedule_gives_the_uninterrupted_result(tmp_path) -> None:
         ({"min_keep": 0}, "min_keep=0 must be a count"),
         ({"clip": 1.0}, "clip=1.0 must be in \\(0, 1\\)"),
         ({"layers": []}, "layers=\\[\\] selects nothing"),
+        ({"calibration_batches": -1}, "calibration_batches=-1 must be >= 0"),
     ],
 )
 def test_bad_arguments_fail_in_init(kwargs: dict, message: str) -> None:

@@ -51,6 +51,20 @@ def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
 
+def test_macs_targets_run_the_methods_without_rl_on_the_baseline_split(bsweep, tmp_path) -> None:
+    argv = [*_argv(tmp_path, "l1_uniform"), "--b", "--macs-targets", "0.6"]
+    bsweep.main(argv)
+    results = json.loads((tmp_path / "sweep.json").read_text())
+    (run,) = results["runs"]
+    assert (run["method"], run["b"], run["macs_target"]) == ("l1_uniform", None, 0.6)
+    assert abs(run["macs"] - 0.4 * results["baseline"]["macs"]) <= 0.05 * results["baseline"]["macs"]
+    bsweep.main(argv)  # done: nothing is rerun
+    assert json.loads((tmp_path / "sweep.json").read_text())["runs"] == [run]
+    assert "| l1_uniform | - |" in bsweep.report(tmp_path / "sweep.json")
+    with pytest.raises(SystemExit, match="made with --split-seed 0, not 1"):
+        bsweep.main([*argv, "--seed", "1", "--split-seed", "1"])  # the baseline was trained on split 0
+
+
 @pytest.mark.parametrize("method", ["l1_uniform", "random", "magnitude_global"])
 def test_rule_based_pruning_shrinks_the_model_and_leaves_it_in_train_mode(bsweep, method) -> None:
     module = ImageClassifier("vgg11", num_classes=10, in_channels=1, model_kwargs={"width": 0.125})
