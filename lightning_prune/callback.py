@@ -307,8 +307,7 @@ class RLPruneCallback(Callback):
             init_keep=self.init_keep,
         )
         batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
-        train = scoring.first_batches(trainer, pl_module, "train", self.calibration_batches, seed=seed)
-        calibration = [x for x, _ in train]
+        calibration = scoring.calibration_inputs(trainer, pl_module, self.calibration_batches, seed)
         baseline_cost = self._cost(pl_module) if self.p_star is None else None  # the unpruned model, once
         with (
             scoring.CandidateScorer(

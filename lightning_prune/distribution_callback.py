@@ -305,9 +305,8 @@ class DistributionPruneCallback(Callback):
             return rows
 
         batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
-        step_seed = self.seed + len(self.history)
-        train = scoring.first_batches(trainer, pl_module, "train", self.calibration_batches, seed=step_seed)
-        calibration = [x for x, _ in train]
+        seed = self.seed + len(self.history)
+        calibration = scoring.calibration_inputs(trainer, pl_module, self.calibration_batches, seed)
         with GroupScorer(model, group_maps, batches, context, calibration) as scorer:
             if self.p_star is None:
                 self.p_star = scorer.accuracy()

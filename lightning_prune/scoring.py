@@ -17,9 +17,9 @@ scores far below what the pruned network is worth. With `calibration` inputs, ea
 re-estimates the running statistics of the BatchNorm layers its mask affects on those inputs (the adaptive
 BatchNorm evaluation of EagleEye, Li et al. 2020): its accuracy is then that of the pruned network with
 consistent statistics, far closer to what it reaches after fine-tuning, and the model's own statistics are
-restored afterwards. The engine re-estimates the BatchNorm
-layers of the suffix (for a plain chain, exactly what physical removal followed by re-estimation gives); the
-full-forward fallback re-estimates every BatchNorm layer from the group's first layer on.
+restored afterwards. The engine re-estimates the BatchNorm layers of the suffix (for a plain chain, exactly what
+physical removal followed by re-estimation gives); the full-forward fallback re-estimates every BatchNorm layer
+from the group's first layer on.
 """
 
 from __future__ import annotations
@@ -595,3 +595,8 @@ def first_batches(
         for x, y in itertools.islice(sequential, count):
             batches.append((trainer.precision_plugin.convert_input(x.to(pl_module.device)), y.to(pl_module.device)))
     return batches
+
+
+def calibration_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int, seed: int) -> list[torch.Tensor]:
+    """The images of the first `count` training batches, drawn from `seed`: what BatchNorm is re-estimated on."""
+    return [x for x, _ in first_batches(trainer, pl_module, "train", count, seed=seed)]
