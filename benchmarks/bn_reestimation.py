@@ -1,9 +1,10 @@
 """What BatchNorm re-estimation does to a candidate's score: one layer of a trained checkpoint keeps its k
 filters of largest L1 norm, and the candidate is scored on validation batches with the model's BatchNorm
 statistics and with the later statistics re-estimated on training batches (`CandidateScorer(calibration=...)`).
-With `--recovery-steps N`, each candidate is also removed physically from a copy, re-estimated, trained for N SGD
-steps on training batches (`--recovery-lr`) and scored again: what a short fine-tune wins back of the drop the
-reward sees. Prints JSON: the accuracy (points) per kept count, each way.
+With `--recovery-steps N`, each candidate is also scored by `scoring.RecoveryScorer`: removed physically from a
+copy, re-estimated, trained for N SGD steps on training batches (`--recovery-lr`) and scored again, which is what
+a short fine-tune wins back of the drop the reward sees (and what `RLPruneCallback(recovery_steps=N)` decides
+by). Prints JSON: the accuracy (points) per kept count, each way.
 
     PYTHONPATH=. python benchmarks/bn_reestimation.py --checkpoint benchmarks/work/vgg16w025_fm/baseline.ckpt \\
         --layer features.24 --keep 32 48 64 80 --recovery-steps 60
@@ -12,13 +13,10 @@ reward sees. Prints JSON: the accuracy (points) per kept count, each way.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
-from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from lightning_prune import ImageClassifier, scoring, surgery
 from lightning_prune.data import FashionMNISTDataModule
@@ -59,39 +57,10 @@ def main(argv: list[str] | None = None) -> None:
             results[label] = {"unpruned": scorer.accuracy(), **{str(k): scorer.accuracy(m) for k, m in masks.items()}}
     if args.recovery_steps:
         label = f"recovered_{args.recovery_steps}_steps"
-        full = torch.ones(weight.shape[0], dtype=torch.bool)
-        results[label] = {
-            str(k): recovered(module, args.layer, m, calibration, training, batches, args.recovery_lr)
-            for k, m in {"unpruned": full, **masks}.items()
-        }
+        inputs = surgery.example_input(model, module.plan.input_shape)
+        recovery = scoring.RecoveryScorer(model, args.layer, inputs, calibration, training, batches, args.recovery_lr)
+        results[label] = {"unpruned": recovery.accuracy(), **{str(k): recovery.accuracy(m) for k, m in masks.items()}}
     print(json.dumps({"checkpoint": args.checkpoint, "layer": args.layer, "filters": weight.shape[0], **results}))
-
-
-def recovered(
-    module: ImageClassifier,
-    layer: str,
-    keep: torch.Tensor,
-    calibration: Sequence[torch.Tensor],
-    training: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    lr: float,
-) -> float:
-    """Accuracy of a copy with the filters removed, BatchNorm re-estimated and `len(training)` SGD steps taken."""
-    model = copy.deepcopy(module.model)
-    graph = surgery.build_graph(model, surgery.example_input(model, module.plan.input_shape))
-    if not keep.all():
-        surgery.prune_step(model, graph, [layer, True, (~keep).nonzero().flatten().tolist()])
-    scoring.reestimate_batchnorm(model, calibration)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    for x, y in training:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        correct = sum(int((model(x).argmax(-1) == y).sum()) for x, y in batches)
-    return 100.0 * correct / sum(len(y) for _, y in batches)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         decision=args.decision,
         budget_schedule=args.budget_schedule,
         calibration_batches=args.calibration_batches,
+        decision_counts=args.decision_counts,
+        recovery_steps=args.recovery_steps,
+        recovery_lr=args.recovery_lr,
+        recovery_batches=args.recovery_batches,
         seed=args.seed,
     )
     return {**finetune(args, dm, module, "rl", b, [callback]), "search_s": callback.search_s}
@@ -374,6 +378,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decision", default="reward", choices=["reward", "greedy"], help="RLPruneCallback's decision")
     p.add_argument(
         "--budget-schedule", default="linear", choices=["linear", "shared"], help="RLPruneCallback's budget schedule"
+    )
+    p.add_argument("--decision-counts", type=int, default=16, help="RLPruneCallback's kept counts per decision")
+    p.add_argument(
+        "--recovery-steps",
+        type=int,
+        default=0,
+        help="RLPruneCallback's SGD steps per decision candidate before it is scored (0: none)",
+    )
+    p.add_argument("--recovery-lr", type=float, default=0.001, help="RLPruneCallback's recovery learning rate")
+    p.add_argument(
+        "--recovery-batches",
+        type=int,
+        default=None,
+        help="RLPruneCallback's validation batches per recovered candidate (default: --reward-batches)",
     )
     p.add_argument(
         "--calibration-batches",

@@ -43,6 +43,14 @@ class RLPruneCallback(Callback):
     network may lose, in percentage points. With `budget_schedule="linear"` the i-th of L layers is scored
     against `b * i / L` in place of `b`, so early layers cannot spend the whole budget.
 
+    That accuracy is the network's before any fine-tuning, which forecasts a cut's cost pessimistically: a
+    short fine-tune wins most of it back. With `recovery_steps > 0`, `p*` and the decision's candidate counts
+    are measured after a short recovery instead (`scoring.RecoveryScorer`: a copy, pruned, re-estimated and
+    trained for `recovery_steps` SGD steps on fixed batches): `p*` is the unpruned model's recovered score, and
+    each layer's model is recovered the same way before its search, so fine-tuning between layers gives back
+    budget as it wins accuracy back. The agent's samples are still scored without recovery (fast), each as the
+    recovered current model minus the sample's own drop, so the agent learns which filters matter most.
+
     Under DDP every rank scores a share of the masks on the same batches (the first `reward_batches` of the
     validation split, read in order) and applies rank 0's decision. The search leaves the global random
     streams as it found them, and the callback's checkpoint state holds them, so a resumed run continues with
@@ -73,6 +81,13 @@ class RLPruneCallback(Callback):
             (unused budget carries over); "shared": every layer may use all of `b` that earlier layers left.
         calibration_batches: training batches on which the BatchNorm statistics after the group are
             re-estimated for each candidate (0: score with the model's statistics).
+        recovery_steps: SGD steps on training batches that `p*`, each layer's model and each candidate count of
+            the decision recover for before they are scored (0: scored right after re-estimation). Needs
+            `decision="reward"`; each layer then trains up to `decision_counts + 2` copies for that many steps.
+        recovery_lr: learning rate of those steps.
+        recovery_batches: validation batches each recovered copy is scored on (None: `reward_batches`). Two
+            recovered copies differ by a few images, so more batches than the agent's make the decision less
+            noisy.
         cache: score candidates by running only the part of the network after the cached prefix.
         max_cache_mb: memory bound of that cache; above it the full forward is used.
         monitor: the logged validation accuracy metric (points) reported as baseline and final accuracy.
@@ -102,6 +117,9 @@ class RLPruneCallback(Callback):
         decision_counts: int = 16,
         budget_schedule: Literal["linear", "shared"] = "linear",
         calibration_batches: int = 4,
+        recovery_steps: int = 0,
+        recovery_lr: float = 0.001,
+        recovery_batches: int | None = None,
         cache: bool = True,
         max_cache_mb: float = 1024.0,
         monitor: str = "val_acc",
@@ -126,6 +144,17 @@ class RLPruneCallback(Callback):
             ),
             (decision_counts >= 2, f"decision_counts={decision_counts} must be >= 2 (kept counts to try)"),
             (calibration_batches >= 0, f"calibration_batches={calibration_batches} must be >= 0 (0 turns it off)"),
+            (recovery_steps >= 0, f"recovery_steps={recovery_steps} must be >= 0 (0 turns recovery off)"),
+            (recovery_lr > 0, f"recovery_lr={recovery_lr} must be > 0"),
+            (
+                recovery_batches is None or recovery_batches >= 1,
+                f"recovery_batches={recovery_batches} must be >= 1 (None: reward_batches)",
+            ),
+            (
+                recovery_steps == 0 or decision == "reward",
+                f"recovery_steps={recovery_steps} scores the candidate counts of decision='reward', but "
+                f"decision={decision!r} scores none: use decision='reward' or recovery_steps=0",
+            ),
             (max_cache_mb >= 0, f"max_cache_mb={max_cache_mb} must be >= 0"),
             (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
         ]
@@ -149,6 +178,9 @@ class RLPruneCallback(Callback):
         self.decision_counts = decision_counts
         self.budget_schedule = budget_schedule
         self.calibration_batches = calibration_batches
+        self.recovery_steps = recovery_steps
+        self.recovery_lr = recovery_lr
+        self.recovery_batches = recovery_batches
         self.cache = cache
         self.max_cache_mb = max_cache_mb
         self.monitor = monitor
@@ -171,7 +203,8 @@ class RLPruneCallback(Callback):
         keys = (
             "b", "layers", "start_epoch", "finetune_epochs", "num_samples", "agent_updates", "reward_batches",
             "reward", "min_keep", "agent_lr", "entropy_coef", "init_keep", "decision", "decision_counts",
-            "budget_schedule", "calibration_batches", "cache", "max_cache_mb", "monitor", "seed",
+            "budget_schedule", "calibration_batches", "recovery_steps", "recovery_lr", "recovery_batches", "cache",
+            "max_cache_mb", "monitor", "seed",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
@@ -309,6 +342,22 @@ class RLPruneCallback(Callback):
         batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
         calibration = scoring.calibration_inputs(trainer, pl_module, self.calibration_batches, seed)
         baseline_cost = self._cost(pl_module) if self.p_star is None else None  # the unpruned model, once
+        recovery, reference = None, None
+        if self.recovery_steps:
+            recovery = scoring.RecoveryScorer(
+                model,
+                name,
+                inputs,
+                calibration,
+                scoring.first_batches(trainer, pl_module, "train", self.recovery_steps, seed=seed, shuffle=True),
+                scoring.first_batches(trainer, pl_module, "val", self.recovery_batches or self.reward_batches),
+                self.recovery_lr,
+                trainer.precision_plugin.forward_context,
+                seed,
+            )
+            reference = _score_shared(trainer, pl_module, recovery, torch.ones(1, size, dtype=torch.bool))[0]
+            if self.p_star is None:
+                self.p_star = reference
         with (
             scoring.CandidateScorer(
                 model,
@@ -323,16 +372,24 @@ class RLPruneCallback(Callback):
         ):
             if self.p_star is None:
                 self.p_star = scorer.accuracy()
+            if baseline_cost is not None:
                 self.baseline = {**baseline_cost, "val_acc": _metric(trainer, self.monitor, self.p_star)}
+            # With recovery a sample (scored without it) counts as the recovered model minus its own drop.
+            offset = reference - scorer.accuracy() if reference is not None else 0.0
             step_stats = []
             for update in range(self.agent_updates):
                 masks = search.sample(self.num_samples)
-                rewards = self._rewards(trainer, pl_module, scorer, masks)
+                rewards = self._rewards(_score_shared(trainer, pl_module, scorer, masks), masks, offset)
                 search.update(masks, rewards)
                 step_stats.append((float(rewards.mean()), float(rewards.max())))
                 track.update(update, rewards, search.probs())
-            keep = trainer.strategy.broadcast(self._decide(trainer, pl_module, scorer, search), src=0)
-            decision_acc = scorer.accuracy(keep)
+            if recovery is None:
+                keep = trainer.strategy.broadcast(self._decide(trainer, pl_module, scorer, search), src=0)
+                decision_acc = scorer.accuracy(keep)
+            else:
+                candidates = self._candidates(search)
+        if recovery is not None:
+            keep, decision_acc = self._decide_recovered(trainer, pl_module, recovery, candidates, reference)
         removed = (~keep).nonzero().flatten().tolist()
         if removed:
             pl_module.prune(name, removed, graph)
@@ -351,18 +408,20 @@ class RLPruneCallback(Callback):
             "budget": self._budget(),
             **cost,
         }
+        if reference is not None:
+            record["recovered_reference"] = reference
         self.history.append(record)
         self.last_search = {"name": name, **search.state_dict()}
         tracking.log_layer(trainer, pl_module, record, self.baseline, len(self.groups), self.p_star, self.b)
 
-    def _rewards(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, scorer: scoring.CandidateScorer, masks: torch.Tensor
-    ) -> torch.Tensor:
-        accs = _score_shared(trainer, pl_module, scorer, masks)
+    def _rewards(self, accs: list[float], masks: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+        """The rewards of masks scoring `accs`, each scored as the accuracy `acc + offset`."""
         reward_fn, size = REWARDS[self.reward], masks.shape[1]
         budget = self._budget()
         kept = masks.sum(1).tolist()
-        return torch.tensor([reward_fn(self.p_star, a, budget, size, k) for a, k in zip(accs, kept, strict=True)])
+        return torch.tensor(
+            [reward_fn(self.p_star, a + offset, budget, size, k) for a, k in zip(accs, kept, strict=True)]
+        )
 
     def _budget(self) -> float:
         return budget_at(self.b, len(self.history), len(self.groups), self.budget_schedule)
@@ -372,9 +431,29 @@ class RLPruneCallback(Callback):
     ) -> torch.Tensor:
         if self.decision == "greedy":
             return search.decision()
+        masks = self._candidates(search)
+        return masks[int(self._rewards(_score_shared(trainer, pl_module, scorer, masks), masks).argmax())]
+
+    def _candidates(self, search: LayerSearch) -> torch.Tensor:
+        """The agent's greedy mask and the masks keeping its `decision_counts` counts of most likely filters."""
         ranked = ranked_masks(search.probs(), search.min_keep, self.decision_counts)
-        masks = torch.cat([search.decision()[None], ranked])
-        return masks[int(self._rewards(trainer, pl_module, scorer, masks).argmax())]
+        return torch.cat([search.decision()[None], ranked])
+
+    def _decide_recovered(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        recovery: scoring.RecoveryScorer,
+        candidates: torch.Tensor,
+        reference: float,
+    ) -> tuple[torch.Tensor, float]:
+        """The candidate with the best reward after recovery (keeping all: `reference`) and its recovered score."""
+        full = torch.ones_like(candidates[0])
+        unique = list({tuple(m.tolist()): m for m in candidates if not m.all()}.values())
+        masks = torch.stack([full, *unique])
+        accs = [reference, *_score_shared(trainer, pl_module, recovery, masks[1:])]
+        best = int(trainer.strategy.broadcast(int(self._rewards(accs, masks).argmax()), src=0))
+        return masks[best], accs[best]
 
     # -- resumable state -------------------------------------------------------------------------------------
 
@@ -429,7 +508,10 @@ def _declared_metrics(trainer: pl.Trainer, pl_module: ImageClassifier) -> tuple[
 
 
 def _score_shared(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, scorer: scoring.CandidateScorer, masks: torch.Tensor
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    scorer: scoring.CandidateScorer | scoring.RecoveryScorer,
+    masks: torch.Tensor,
 ) -> list[float]:
     """Each rank scores its share of the masks; the accuracies are summed across ranks."""
     accs = torch.zeros(len(masks), dtype=torch.float64, device=pl_module.device)

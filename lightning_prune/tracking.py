@@ -209,12 +209,18 @@ def log_layer(
         "prune/macs": float(record["macs"]),
         "prune/macs_reduction": reduction,
     }
+    score = f"val acc of the decision {record['decision_acc']:.2f} (p*={p_star:.2f}"
+    if "recovered_reference" in record:  # scores (and p*) measured after a short recovery
+        metrics["prune/recovered_reference"] = float(record["recovered_reference"])
+        score = (
+            f"val acc after recovery of the decision {record['decision_acc']:.2f}, of the layer unpruned "
+            f"{record['recovered_reference']:.2f} (p*={p_star:.2f}"
+        )
     for logger in trainer.loggers if trainer.is_global_zero else []:
         logger.log_metrics(metrics, step=trainer.global_step)
     rank_zero_info(
         f"[RLPrune] layer {record['index'] + 1}/{total_layers} {record['name']}: "
-        f"{record['before']} -> {record['after']} filters, "
-        f"val acc of the decision {record['decision_acc']:.2f} (p*={p_star:.2f}, b={b}, "
+        f"{record['before']} -> {record['after']} filters, {score}, b={b}, "
         f"drop allowed by this layer {record.get('budget', b):.2f}), "
         f"MACs -{100 * reduction:.1f}%"
     )

@@ -194,13 +194,15 @@ def param_checksum(module: torch.nn.Module) -> float:
 
 
 def distributed_run(root: Path, strategy: str, devices: int) -> tuple[ImageClassifier, pl.Trainer]:
-    """The run the DDP tests compare: two layers cut mid-fit; every rank reads all the training data in the same
-    order (no distributed sampler), so any number of processes computes the same updates."""
+    """The run the DDP tests compare: two layers cut mid-fit, each decided on recovered copies that the ranks
+    share; every rank reads all the training data in the same order (no distributed sampler), so any number of
+    processes computes the same updates."""
     pl.seed_everything(0)
     module = tiny_classifier()
+    callback = fast_callback(b=50.0, decision="reward", decision_counts=3, recovery_steps=2)
     trainer = fast_trainer(
         root,
-        [fast_callback(), WriteRankResult(root)],
+        [callback, WriteRankResult(root)],
         strategy=strategy,
         devices=devices,
         use_distributed_sampler=False,

@@ -98,6 +98,35 @@ def test_reward_decision_removes_the_least_likely_filters(tmp_path, trained_vgg)
             assert probs[gone].max() <= probs[~gone].min()
 
 
+def test_recovered_decision_measures_p_star_and_candidates_after_recovery(tmp_path, trained_vgg):
+    """With `recovery_steps`, `p*` is the unpruned model's recovered score, each layer records its model's
+    recovered score, and the decision (a recovered candidate within b of p*, or keeping all) is what is cut."""
+    module = copy.deepcopy(trained_vgg)
+    callback = RLPruneCallback(
+        b=4.0,
+        layers=LAYERS["vgg11"],
+        finetune_epochs=0,
+        reward_batches=1,
+        init_keep=0.6,
+        decision_counts=4,
+        recovery_steps=3,
+        recovery_lr=0.01,
+        recovery_batches=2,
+    )
+    fast_trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1).fit(
+        module, datamodule=tiny_data(batch_size=500, augment=False)
+    )
+    first, second = callback.history
+    assert callback.p_star == first["recovered_reference"]
+    removed = {name: len(idxs) for name, _, idxs in steps(module)}
+    for record in callback.history:
+        assert removed.get(record["name"], 0) == record["before"] - record["after"]
+        if record["after"] < record["before"]:
+            assert callback.p_star - record["decision_acc"] < callback.b
+    assert removed  # b = 4 points lets the half-trained model lose filters
+    assert second["recovered_reference"] != first["recovered_reference"]  # the cut model, recovered afresh
+
+
 @pytest.mark.parametrize("min_keep", [3, 0.5])
 def test_min_keep_is_never_violated(tmp_path, min_keep):
     pl.seed_everything(0)
@@ -172,6 +201,10 @@ def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
         ({"decision_counts": 1}, "decision_counts=1 must be >= 2"),
         ({"budget_schedule": "even"}, "budget_schedule='even' is unknown: use 'linear' or 'shared'"),
         ({"calibration_batches": -1}, "calibration_batches=-1 must be >= 0"),
+        ({"recovery_steps": -1}, "recovery_steps=-1 must be >= 0"),
+        ({"recovery_lr": 0.0}, "recovery_lr=0.0 must be > 0"),
+        ({"recovery_batches": 0}, "recovery_batches=0 must be >= 1"),
+        ({"recovery_steps": 5, "decision": "greedy"}, "decision='greedy' scores none: use decision='reward'"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):

@@ -37,9 +37,18 @@ def _fit(
     **trainer_kwargs: Any,
 ) -> tuple[pl.Trainer, RLPruneCallback]:
     """A tiny pruning run: VGG-11 at width 1/8 on the embedded Fashion-MNIST, one batch per epoch, one layer per
-    epoch. `init_keep=0.3` makes every decision remove filters, so the run always shrinks the model."""
+    epoch. `init_keep=0.3` with the greedy decision makes every layer remove filters, so the run always shrinks
+    the model."""
+    pl.seed_everything(0)
     prune = RLPruneCallback(
-        b=1.0, layers=layers, agent_updates=updates, num_samples=2, reward_batches=1, init_keep=0.3, seed=0
+        b=1.0,
+        layers=layers,
+        agent_updates=updates,
+        num_samples=2,
+        reward_batches=1,
+        init_keep=0.3,
+        decision="greedy",
+        seed=0,
     )
     kwargs: dict[str, Any] = {
         "max_epochs": len(layers),

@@ -24,7 +24,7 @@ def bsweep():
 def _argv(tmp_path: Path, *methods: str) -> list[str]:
     return [
         "--dataset", "embedded", "--model", "vgg11", "--width", "0.125", "--b", "50",
-        "--init-keep", "0.5", "--agent-lr", "0.5",
+        "--init-keep", "0.5", "--agent-lr", "0.5", "--decision-counts", "3", "--recovery-steps", "2",
         "--methods", *methods, "--baseline-epochs", "1", "--finetune-epochs", "8", "--limit-train-batches", "0.1",
         "--agent-updates", "1", "--num-samples", "2", "--reward-batches", "1", "--latency-repeats", "1",
         "--accelerator", "cpu", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "sweep.json"),
@@ -35,6 +35,7 @@ def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
     bsweep.main(_argv(tmp_path, "l1_uniform"))
     results = json.loads((tmp_path / "sweep.json").read_text())
     assert results["dataset"] == "embedded" and set(results["baseline"]) == {"test_acc", "macs", "params"}
+    assert results["protocol"]["recovery_steps"] == 2  # RL decided on recovered copies
     rl, l1 = results["runs"]
     assert (rl["method"], rl["b"], l1["method"], l1["b"]) == ("rl", 50.0, "l1_uniform", 50.0)
     for run in (rl, l1):
