@@ -548,7 +548,8 @@ class RecoveryScorer:
     fine-tuning makes of it: on the b-sweep's VGG-16 x0.25, halving `features.3` scores 2.9 points below the
     unpruned model that way and 0.13 below it after 60 steps at lr 0.001 (`benchmarks/bn_reestimation.py
     --recovery-steps 60`). Every candidate, and the unpruned model (`accuracy()`), recovers on the same batches
-    in the same order from the same random state, so the difference of two scores comes from the cut alone.
+    in the same order from the same random state, so two scores differ only through the cut and the different
+    course the short training takes after it.
 
     Args:
         model: the network (left as it is).
