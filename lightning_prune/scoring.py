@@ -20,6 +20,9 @@ consistent statistics, far closer to what it reaches after fine-tuning, and the 
 restored afterwards. The engine re-estimates the BatchNorm layers of the suffix (for a plain chain, exactly what
 physical removal followed by re-estimation gives); the full-forward fallback re-estimates every BatchNorm layer
 from the group's first layer on.
+
+`RecoveryScorer` is the one scorer that works on copies: it scores a candidate after a short training of the
+pruned copy, for the few candidates of a decision where a forecast of fine-tuning is worth that cost.
 """
 
 from __future__ import annotations
