@@ -152,6 +152,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         agent_updates=args.agent_updates,
         num_samples=args.num_samples,
         reward_batches=args.reward_batches,
+        reward=args.reward,
         init_keep=args.init_keep,
         agent_lr=args.agent_lr,
         decision=args.decision,
@@ -373,6 +374,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--agent-updates", type=int, default=10)
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--reward-batches", type=int, default=2)
+    p.add_argument("--reward", default="huang", choices=["huang", "yang"], help="RLPruneCallback's reward")
     p.add_argument("--init-keep", type=float, default=0.9, help="RLPruneCallback's initial keep probability")
     p.add_argument("--agent-lr", type=float, default=0.05, help="RLPruneCallback's agent learning rate")
     p.add_argument("--decision", default="reward", choices=["reward", "greedy"], help="RLPruneCallback's decision")

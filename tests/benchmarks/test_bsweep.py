@@ -10,15 +10,19 @@ import pytest
 
 from lightning_prune import ImageClassifier
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bsweep.py"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bsweep():
-    spec = importlib.util.spec_from_file_location("bsweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("bsweep")
 
 
 def _argv(tmp_path: Path, *methods: str) -> list[str]:
@@ -50,6 +54,14 @@ def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
     table = bsweep.report(tmp_path / "sweep.json")
     assert table.count("\n| ") == 4 and "![accuracy vs MACs](sweep.png)" in table  # header + 3 runs
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+    # The RL run's allocation, retrained from the baseline, has the RL network's shape.
+    (summary,) = (tmp_path / "work").glob("rl_b50.0/*/pruning_summary.json")
+    flags = [a for a in _argv(tmp_path)[:-2] if a != "--methods"]  # the sweep's flags but its --output
+    _load("allocation").main([*flags, "--summary", str(summary), "--output", str(tmp_path / "allocation.json")])
+    (retrained,) = json.loads((tmp_path / "allocation.json").read_text())["runs"]
+    assert (retrained["method"], retrained["b"]) == ("rl_allocation", 50.0)
+    assert retrained["macs"] == retrained["rl_final_macs"] == rl["macs"] and retrained["params"] == rl["params"]
 
 
 def test_macs_targets_run_the_methods_without_rl_on_the_baseline_split(bsweep, tmp_path) -> None:
