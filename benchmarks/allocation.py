@@ -42,7 +42,7 @@ def cut_to_counts(module: ImageClassifier, layers: list[dict[str, Any]]) -> None
             module.plan.steps.append(list(surgery.prune_step(model, graph, [layer["name"], True, removed])))
 
 
-def retrain(args: argparse.Namespace, summary_path: Path) -> dict[str, Any]:
+def retrain(args: argparse.Namespace, dm: pl.LightningDataModule, summary_path: Path) -> dict[str, Any]:
     summary = json.loads(summary_path.read_text())
     base = Path(args.work) / "baseline.ckpt"
     if not base.exists():
@@ -52,7 +52,7 @@ def retrain(args: argparse.Namespace, summary_path: Path) -> dict[str, Any]:
     pl.seed_everything(args.seed)
     module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **bsweep.finetune_overrides(args))
     cut_to_counts(module, summary["layers"])
-    run = bsweep.finetune(args, bsweep.datamodule(args), module, "rl_allocation", summary["b"], [])
+    run = bsweep.finetune(args, dm, module, "rl_allocation", summary["b"], [])
     return {**run, "rl_final_macs": summary["final"]["macs"], "summary": str(summary_path), "seed": args.seed}
 
 
@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", type=Path, required=True, help="results JSON")
     own, rest = p.parse_known_args(argv)
     args = bsweep.parse([*rest, "--output", str(own.output)])
-    runs = [retrain(args, path) for path in own.summary]
+    dm = bsweep.datamodule(args)
+    runs = [retrain(args, dm, path) for path in own.summary]
     own.output.parent.mkdir(parents=True, exist_ok=True)
-    own.output.write_text(json.dumps({"protocol": vars(args) | {"output": str(own.output)}, "runs": runs}, indent=2))
+    own.output.write_text(json.dumps({"protocol": vars(args), "runs": runs}, indent=2, default=str))
     print(json.dumps(runs, indent=2))
 
 
