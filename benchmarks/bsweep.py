@@ -157,6 +157,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         agent_lr=args.agent_lr,
         decision=args.decision,
         budget_schedule=args.budget_schedule,
+        drop_from=args.drop_from,
         calibration_batches=args.calibration_batches,
         decision_counts=args.decision_counts,
         recovery_steps=args.recovery_steps,
@@ -377,10 +378,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reward", default="huang", choices=["huang", "yang"], help="RLPruneCallback's reward")
     p.add_argument("--init-keep", type=float, default=0.9, help="RLPruneCallback's initial keep probability")
     p.add_argument("--agent-lr", type=float, default=0.05, help="RLPruneCallback's agent learning rate")
-    p.add_argument("--decision", default="reward", choices=["reward", "greedy"], help="RLPruneCallback's decision")
+    p.add_argument(
+        "--decision", default="reward", choices=["reward", "greedy", "budget"], help="RLPruneCallback's decision"
+    )
     p.add_argument(
         "--budget-schedule", default="linear", choices=["linear", "shared"], help="RLPruneCallback's budget schedule"
     )
+    p.add_argument("--drop-from", default="start", choices=["start", "layer"], help="RLPruneCallback's drop accounting")
     p.add_argument("--decision-counts", type=int, default=16, help="RLPruneCallback's kept counts per decision")
     p.add_argument(
         "--recovery-steps",

@@ -18,7 +18,7 @@ from lightning_prune import scoring, surgery, tracking
 from lightning_prune.measure import model_cost
 from lightning_prune.module import ImageClassifier
 from lightning_prune.policy import LayerSearch, is_min_keep, min_keep_count, ranked_masks
-from lightning_prune.reward import REWARDS, budget_at
+from lightning_prune.reward import REWARDS, budget_at, fewest_within
 
 
 class RLPruneCallback(Callback):
@@ -76,14 +76,23 @@ class RLPruneCallback(Callback):
             `min_keep` to all filters, and the agent's greedy mask, are scored); keeping everything scores 0,
             so a group where every pruning exceeds `b` is left whole. "greedy": keep the filters whose
             probability is >= 0.5 (Huang et al.).
-        decision_counts: kept counts tried by `decision="reward"`.
+            "budget": the agent ranks the filters the same way, and the group keeps the fewest of the counts tried
+            whose drop stays within the budget schedule's allowance (the whole allowance is spent, where
+            "reward" stops where the reward peaks); none within it leaves the group whole. Pair it with
+            `budget_schedule="linear"`: with "shared" the first group may spend all of `b`.
+        decision_counts: kept counts tried by `decision="reward"` and `"budget"`.
         budget_schedule: "linear": the i-th of L pruned layers may bring the drop from `p*` to `b * i / L`
             (unused budget carries over); "shared": every layer may use all of `b` that earlier layers left.
+        drop_from: "start": a candidate's drop is `p* - p`, so whatever the model lost while training between
+            groups counts too; "layer": it is the drop from the group's own unpruned score (recovered, with
+            `recovery_steps`) plus the drops the earlier groups' decisions were charged, so only cuts are charged
+            and the ups and downs of fine-tuning between groups are not.
         calibration_batches: training batches on which the BatchNorm statistics after the group are
             re-estimated for each candidate (0: score with the model's statistics).
         recovery_steps: SGD steps on training batches that `p*`, each layer's model and each candidate count of
             the decision recover for before they are scored (0: scored right after re-estimation). Needs
-            `decision="reward"`; each layer then trains up to `decision_counts + 2` copies for that many steps.
+            `decision="reward"` or `"budget"`; each layer then trains up to `decision_counts + 2` copies for that
+            many steps.
         recovery_lr: learning rate of those steps.
         recovery_batches: validation batches each recovered copy is scored on (None: `reward_batches`). Two
             recovered copies differ by a few images, so more batches than the agent's make the decision less
@@ -113,9 +122,10 @@ class RLPruneCallback(Callback):
         agent_lr: float = 0.05,
         entropy_coef: float = 0.0,
         init_keep: float = 0.9,
-        decision: Literal["reward", "greedy"] = "reward",
+        decision: Literal["reward", "greedy", "budget"] = "reward",
         decision_counts: int = 16,
         budget_schedule: Literal["linear", "shared"] = "linear",
+        drop_from: Literal["start", "layer"] = "start",
         calibration_batches: int = 4,
         recovery_steps: int = 0,
         recovery_lr: float = 0.001,
@@ -137,7 +147,11 @@ class RLPruneCallback(Callback):
             (0 < init_keep < 1, f"init_keep={init_keep} must be in (0, 1)"),
             (agent_lr > 0, f"agent_lr={agent_lr} must be > 0"),
             (entropy_coef >= 0, f"entropy_coef={entropy_coef} must be >= 0"),
-            (decision in ("reward", "greedy"), f"decision={decision!r} is unknown: use 'reward' or 'greedy'"),
+            (
+                decision in ("reward", "greedy", "budget"),
+                f"decision={decision!r} is unknown: use 'reward', 'greedy' or 'budget'",
+            ),
+            (drop_from in ("start", "layer"), f"drop_from={drop_from!r} is unknown: use 'start' or 'layer'"),
             (
                 budget_schedule in ("linear", "shared"),
                 f"budget_schedule={budget_schedule!r} is unknown: use 'linear' or 'shared'",
@@ -151,9 +165,9 @@ class RLPruneCallback(Callback):
                 f"recovery_batches={recovery_batches} must be >= 1 (None: reward_batches)",
             ),
             (
-                recovery_steps == 0 or decision == "reward",
-                f"recovery_steps={recovery_steps} scores the candidate counts of decision='reward', but "
-                f"decision={decision!r} scores none: use decision='reward' or recovery_steps=0",
+                recovery_steps == 0 or decision != "greedy",
+                f"recovery_steps={recovery_steps} scores the candidate counts of decision='reward' or 'budget', "
+                "but decision='greedy' scores none: use decision='reward' or recovery_steps=0",
             ),
             (max_cache_mb >= 0, f"max_cache_mb={max_cache_mb} must be >= 0"),
             (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
@@ -177,6 +191,7 @@ class RLPruneCallback(Callback):
         self.decision = decision
         self.decision_counts = decision_counts
         self.budget_schedule = budget_schedule
+        self.drop_from = drop_from
         self.calibration_batches = calibration_batches
         self.recovery_steps = recovery_steps
         self.recovery_lr = recovery_lr
@@ -203,8 +218,8 @@ class RLPruneCallback(Callback):
         keys = (
             "b", "layers", "start_epoch", "finetune_epochs", "num_samples", "agent_updates", "reward_batches",
             "reward", "min_keep", "agent_lr", "entropy_coef", "init_keep", "decision", "decision_counts",
-            "budget_schedule", "calibration_batches", "recovery_steps", "recovery_lr", "recovery_batches", "cache",
-            "max_cache_mb", "monitor", "seed",
+            "budget_schedule", "drop_from", "calibration_batches", "recovery_steps", "recovery_lr", "recovery_batches",
+            "cache", "max_cache_mb", "monitor", "seed",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
@@ -370,26 +385,29 @@ class RLPruneCallback(Callback):
             ) as scorer,
             tracking.SearchTracker(trainer, name, len(self.history), len(self.groups), self.agent_updates) as track,
         ):
+            unpruned = scorer.accuracy()
             if self.p_star is None:
-                self.p_star = scorer.accuracy()
+                self.p_star = unpruned
             if baseline_cost is not None:
                 self.baseline = {**baseline_cost, "val_acc": _metric(trainer, self.monitor, self.p_star)}
             # With recovery a sample (scored without it) counts as the recovered model minus its own drop.
-            offset = reference - scorer.accuracy() if reference is not None else 0.0
+            offset = reference - unpruned if reference is not None else 0.0
+            layer_reference = reference if reference is not None else unpruned
+            p_ref = self._p_ref(layer_reference)
             step_stats = []
             for update in range(self.agent_updates):
                 masks = search.sample(self.num_samples)
-                rewards = self._rewards(_score_shared(trainer, pl_module, scorer, masks), masks, offset)
+                rewards = self._rewards(_score_shared(trainer, pl_module, scorer, masks), masks, p_ref, offset)
                 search.update(masks, rewards)
                 step_stats.append((float(rewards.mean()), float(rewards.max())))
                 track.update(update, rewards, search.probs())
             if recovery is None:
-                keep = trainer.strategy.broadcast(self._decide(trainer, pl_module, scorer, search), src=0)
+                keep = trainer.strategy.broadcast(self._decide(trainer, pl_module, scorer, search, p_ref), src=0)
                 decision_acc = scorer.accuracy(keep)
             else:
                 candidates = self._candidates(search)
         if recovery is not None:
-            keep, decision_acc = self._decide_recovered(trainer, pl_module, recovery, candidates, reference)
+            keep, decision_acc = self._decide_recovered(trainer, pl_module, recovery, candidates, reference, p_ref)
         removed = (~keep).nonzero().flatten().tolist()
         if removed:
             pl_module.prune(name, removed, graph)
@@ -402,6 +420,7 @@ class RLPruneCallback(Callback):
             "before": size,
             "after": size - len(removed),
             "decision_acc": decision_acc,
+            "reference": layer_reference,
             "reward_mean": step_stats[-1][0],
             "reward_best": max(best for _, best in step_stats),
             "keep_probs": [round(p, 4) for p in search.probs().tolist()],
@@ -414,25 +433,43 @@ class RLPruneCallback(Callback):
         self.last_search = {"name": name, **search.state_dict()}
         tracking.log_layer(trainer, pl_module, record, self.baseline, len(self.groups), self.p_star, self.b)
 
-    def _rewards(self, accs: list[float], masks: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
-        """The rewards of masks scoring `accs`, each scored as the accuracy `acc + offset`."""
+    def _rewards(self, accs: list[float], masks: torch.Tensor, p_ref: float, offset: float = 0.0) -> torch.Tensor:
+        """The rewards of masks scoring `accs`, each scored as the accuracy `acc + offset`, against `p_ref`."""
         reward_fn, size = REWARDS[self.reward], masks.shape[1]
         budget = self._budget()
         kept = masks.sum(1).tolist()
-        return torch.tensor(
-            [reward_fn(self.p_star, a + offset, budget, size, k) for a, k in zip(accs, kept, strict=True)]
-        )
+        return torch.tensor([reward_fn(p_ref, a + offset, budget, size, k) for a, k in zip(accs, kept, strict=True)])
 
     def _budget(self) -> float:
         return budget_at(self.b, len(self.history), len(self.groups), self.budget_schedule)
 
+    def _p_ref(self, reference: float) -> float:
+        """The accuracy this layer's drops are measured from: `p*`, or (`drop_from="layer"`) the layer's own
+        unpruned score raised by the drops that the layers pruned before it were charged."""
+        if self.drop_from == "start":
+            return self.p_star
+        return reference + sum(max(r["reference"] - r["decision_acc"], 0.0) for r in self.history)
+
+    def _choose(self, accs: list[float], masks: torch.Tensor, p_ref: float) -> int:
+        """The index of the mask the decision keeps among `masks` scoring `accs` (one of them keeps all)."""
+        if self.decision == "budget":
+            kept = masks.sum(1).tolist()
+            best = fewest_within([p_ref - a for a in accs], kept, self._budget())
+            return best if best is not None else kept.index(max(kept))
+        return int(self._rewards(accs, masks, p_ref).argmax())
+
     def _decide(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, scorer: scoring.CandidateScorer, search: LayerSearch
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        scorer: scoring.CandidateScorer,
+        search: LayerSearch,
+        p_ref: float,
     ) -> torch.Tensor:
         if self.decision == "greedy":
             return search.decision()
         masks = self._candidates(search)
-        return masks[int(self._rewards(_score_shared(trainer, pl_module, scorer, masks), masks).argmax())]
+        return masks[self._choose(_score_shared(trainer, pl_module, scorer, masks), masks, p_ref)]
 
     def _candidates(self, search: LayerSearch) -> torch.Tensor:
         """The agent's greedy mask and the masks keeping its `decision_counts` counts of most likely filters."""
@@ -446,13 +483,14 @@ class RLPruneCallback(Callback):
         recovery: scoring.RecoveryScorer,
         candidates: torch.Tensor,
         reference: float,
+        p_ref: float,
     ) -> tuple[torch.Tensor, float]:
-        """The candidate with the best reward after recovery (keeping all: `reference`) and its recovered score."""
+        """The candidate the decision keeps, scored after recovery (keeping all: `reference`), and its score."""
         full = torch.ones_like(candidates[0])
         unique = list({tuple(m.tolist()): m for m in candidates if not m.all()}.values())
         masks = torch.stack([full, *unique])
         accs = [reference, *_score_shared(trainer, pl_module, recovery, masks[1:])]
-        best = int(trainer.strategy.broadcast(int(self._rewards(accs, masks).argmax()), src=0))
+        best = int(trainer.strategy.broadcast(self._choose(accs, masks, p_ref), src=0))
         return masks[best], accs[best]
 
     # -- resumable state -------------------------------------------------------------------------------------

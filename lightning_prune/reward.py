@@ -16,7 +16,7 @@ large one; capped, a larger `b` never prefers keeping more filters among the sam
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 RewardFn = Callable[[float, float, float, int, int], float]
 
@@ -55,6 +55,15 @@ def budget_at(b: float, index: int, count: int, schedule: str = "linear") -> flo
     if schedule == "linear":
         return b * (index + 1) / count
     raise ValueError(f"Unknown budget schedule {schedule!r}: use 'linear' or 'shared'")
+
+
+def fewest_within(drops: Sequence[float], kept: Sequence[int], budget: float) -> int | None:
+    """The index of the candidate keeping the fewest filters whose drop (points) is at most `budget`, the
+    smaller drop among equal counts; None when every drop exceeds it."""
+    if len(drops) != len(kept):
+        raise ValueError(f"Need one drop per candidate, got {len(drops)} drops and {len(kept)} counts")
+    within = [i for i, d in enumerate(drops) if d <= budget]
+    return min(within, key=lambda i: (kept[i], drops[i])) if within else None
 
 
 REWARDS: dict[str, RewardFn] = {"huang": huang_reward, "yang": yang_reward}

@@ -98,10 +98,8 @@ def test_reward_decision_removes_the_least_likely_filters(tmp_path, trained_vgg)
             assert probs[gone].max() <= probs[~gone].min()
 
 
-def test_recovered_decision_measures_p_star_and_candidates_after_recovery(tmp_path, trained_vgg):
-    """With `recovery_steps`, `p*` is the unpruned model's recovered score, each layer records its model's
-    recovered score, and the decision (a recovered candidate within b of p*, or keeping all) is what is cut."""
-    module = copy.deepcopy(trained_vgg)
+def _fit_recovered(tmp_path, module: ImageClassifier, **kwargs) -> RLPruneCallback:
+    """Both VGG-11 layers pruned at epoch 0 with `b = 4` and a 3-step recovered decision; the callback after."""
     callback = RLPruneCallback(
         b=4.0,
         layers=LAYERS["vgg11"],
@@ -112,10 +110,19 @@ def test_recovered_decision_measures_p_star_and_candidates_after_recovery(tmp_pa
         recovery_steps=3,
         recovery_lr=0.01,
         recovery_batches=2,
+        **kwargs,
     )
     fast_trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1).fit(
         module, datamodule=tiny_data(batch_size=500, augment=False)
     )
+    return callback
+
+
+def test_recovered_decision_measures_p_star_and_candidates_after_recovery(tmp_path, trained_vgg):
+    """With `recovery_steps`, `p*` is the unpruned model's recovered score, each layer records its model's
+    recovered score, and the decision (a recovered candidate within b of p*, or keeping all) is what is cut."""
+    module = copy.deepcopy(trained_vgg)
+    callback = _fit_recovered(tmp_path, module)
     first, second = callback.history
     assert callback.p_star == first["recovered_reference"]
     removed = {name: len(idxs) for name, _, idxs in steps(module)}
@@ -125,6 +132,20 @@ def test_recovered_decision_measures_p_star_and_candidates_after_recovery(tmp_pa
             assert callback.p_star - record["decision_acc"] < callback.b
     assert removed  # b = 4 points lets the half-trained model lose filters
     assert second["recovered_reference"] != first["recovered_reference"]  # the cut model, recovered afresh
+
+
+def test_budget_decision_spends_each_layers_allowance_on_its_own_cuts(tmp_path, trained_vgg):
+    """`decision="budget"` with `drop_from="layer"`: each layer's cut keeps the fewest filters whose own drop
+    (from the layer's recovered score), added to the drops charged before it, stays within the linear allowance."""
+    callback = _fit_recovered(tmp_path, copy.deepcopy(trained_vgg), decision="budget", drop_from="layer")
+    charged = 0.0
+    for i, record in enumerate(callback.history):
+        assert record["reference"] == record["recovered_reference"]
+        assert record["budget"] == pytest.approx(callback.b * (i + 1) / len(callback.history))
+        if record["after"] < record["before"]:
+            charged += max(record["reference"] - record["decision_acc"], 0.0)
+            assert charged <= record["budget"] + 1e-9
+    assert any(r["after"] < r["before"] for r in callback.history)  # b = 4 points lets filters go
 
 
 @pytest.mark.parametrize("min_keep", [3, 0.5])
@@ -197,7 +218,8 @@ def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
         ({"min_keep": 0.0}, "min_keep=0.0"),
         ({"min_keep": True}, "min_keep=True"),
         ({"layers": []}, "selects nothing"),
-        ({"decision": "best"}, "decision='best' is unknown: use 'reward' or 'greedy'"),
+        ({"decision": "best"}, "decision='best' is unknown: use 'reward', 'greedy' or 'budget'"),
+        ({"drop_from": "end"}, "drop_from='end' is unknown: use 'start' or 'layer'"),
         ({"decision_counts": 1}, "decision_counts=1 must be >= 2"),
         ({"budget_schedule": "even"}, "budget_schedule='even' is unknown: use 'linear' or 'shared'"),
         ({"calibration_batches": -1}, "calibration_batches=-1 must be >= 0"),

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lightning_prune.reward import REWARDS, accuracy_term, budget_at, huang_reward, yang_reward
+from lightning_prune.reward import REWARDS, accuracy_term, budget_at, fewest_within, huang_reward, yang_reward
 
 
 def test_accuracy_term() -> None:
@@ -87,3 +87,16 @@ def test_budget_schedules() -> None:
 def test_bad_budget_arguments(args, match) -> None:
     with pytest.raises(ValueError, match=match):
         budget_at(*args)
+
+
+def test_fewest_within_keeps_the_fewest_filters_the_budget_allows() -> None:
+    drops, kept = [0.0, 0.3, 0.9, 0.3, 2.5], [16, 12, 8, 12, 4]
+    assert fewest_within(drops, kept, 1.0) == 2  # 8 filters at a drop of 0.9
+    assert fewest_within(drops, kept, 0.5) == 1  # 12 filters, the first of the two equal drops
+    assert fewest_within([0.0, 0.4, 0.2], [16, 12, 12], 0.5) == 2  # equal counts: the smaller drop
+    assert fewest_within([0.6, 0.9], [16, 8], 0.5) is None  # nothing within the budget
+
+
+def test_fewest_within_needs_one_drop_per_candidate() -> None:
+    with pytest.raises(ValueError, match="one drop per candidate"):
+        fewest_within([0.1], [16, 8], 1.0)
