@@ -18,7 +18,7 @@ from lightning_prune import scoring, surgery, tracking
 from lightning_prune.measure import model_cost
 from lightning_prune.module import ImageClassifier
 from lightning_prune.policy import LayerSearch, is_min_keep, min_keep_count, ranked_masks
-from lightning_prune.reward import REWARDS, budget_at, fewest_within
+from lightning_prune.reward import REWARDS, budget_at, charged, fewest_within
 
 
 class RLPruneCallback(Callback):
@@ -448,7 +448,7 @@ class RLPruneCallback(Callback):
         unpruned score raised by the drops that the layers pruned before it were charged."""
         if self.drop_from == "start":
             return self.p_star
-        return reference + sum(max(r["reference"] - r["decision_acc"], 0.0) for r in self.history)
+        return reference + charged(r["reference"] - r["decision_acc"] for r in self.history)
 
     def _choose(self, accs: list[float], masks: torch.Tensor, p_ref: float) -> int:
         """The index of the mask the decision keeps among `masks` scoring `accs` (one of them keeps all)."""

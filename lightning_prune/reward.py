@@ -16,7 +16,7 @@ large one; capped, a larger `b` never prefers keeping more filters among the sam
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 RewardFn = Callable[[float, float, float, int, int], float]
 
@@ -55,6 +55,12 @@ def budget_at(b: float, index: int, count: int, schedule: str = "linear") -> flo
     if schedule == "linear":
         return b * (index + 1) / count
     raise ValueError(f"Unknown budget schedule {schedule!r}: use 'linear' or 'shared'")
+
+
+def charged(drops: Iterable[float]) -> float:
+    """The drop (points) that cuts whose own drops are `drops` have spent of the budget: their sum, a cut that
+    scored above its reference counting as no drop (that gain is noise, as in `accuracy_term`)."""
+    return sum(max(d, 0.0) for d in drops)
 
 
 def fewest_within(drops: Sequence[float], kept: Sequence[int], budget: float) -> int | None:
