@@ -6,8 +6,14 @@ copy, re-estimated, trained for N SGD steps on training batches (`--recovery-lr`
 a short fine-tune wins back of the drop the reward sees (and what `RLPruneCallback(recovery_steps=N)` decides
 by). Prints JSON: the accuracy (points) per kept count, each way.
 
+With `--p-star-draws N`, the unpruned model is instead scored after recovery on N draws of training batches,
+drawn as `RLPruneCallback` draws them for its layers (seeds 0..N-1) and scored on the whole validation split:
+how much `p*` (one draw, or the mean of `p_star_draws`) moves with the draw.
+
     PYTHONPATH=. python benchmarks/bn_reestimation.py --checkpoint benchmarks/work/vgg16w025_fm/baseline.ckpt \\
         --layer features.24 --keep 32 48 64 80 --recovery-steps 60
+    PYTHONPATH=. python benchmarks/bn_reestimation.py --checkpoint benchmarks/work/vgg16w025_fm/baseline.ckpt \
+        --recovery-steps 60 --p-star-draws 8
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import itertools
 import json
 
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_prune import ImageClassifier, scoring, surgery
 from lightning_prune.data import FashionMNISTDataModule
@@ -32,7 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--recovery-steps", type=int, default=0, help="SGD steps of the recovered score (0: none)")
     p.add_argument("--recovery-lr", type=float, default=0.001)
+    p.add_argument("--p-star-draws", type=int, default=0, help="score the unpruned model on this many recovery draws")
     args = p.parse_args(argv)
+    if args.p_star_draws:
+        return p_star_draws(args)
 
     module = ImageClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu")
     dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, seed=0)
@@ -61,6 +71,41 @@ def main(argv: list[str] | None = None) -> None:
         recovery = scoring.RecoveryScorer(model, args.layer, inputs, calibration, training, batches, args.recovery_lr)
         results[label] = {"unpruned": recovery.accuracy(), **{str(k): recovery.accuracy(m) for k, m in masks.items()}}
     print(json.dumps({"checkpoint": args.checkpoint, "layer": args.layer, "filters": weight.shape[0], **results}))
+
+
+def drawn(loader: DataLoader, count: int, seed: int, shuffle: bool) -> list:
+    """The first `count` batches of `loader`'s dataset drawn from `seed`, as `scoring.first_batches` draws them."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sequential = DataLoader(
+            loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn, shuffle=shuffle
+        )
+        return list(itertools.islice(sequential, count))
+
+
+def p_star_draws(args: argparse.Namespace) -> None:
+    if not args.recovery_steps:
+        raise SystemExit("--p-star-draws scores recovered models: pass --recovery-steps N (> 0) as well")
+    module = ImageClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu")
+    dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, seed=0)
+    dm.setup("fit")
+    val, train = list(dm.val_dataloader()), dm.train_dataloader()
+    model = module.model
+    inputs = surgery.example_input(model, module.plan.input_shape)
+    with scoring.CandidateScorer(
+        model, surgery.output_channel_maps(model, surgery.build_graph(model, inputs), args.layer), val
+    ) as scorer:
+        plain = scorer.accuracy()
+    scores = []
+    for seed in range(args.p_star_draws):
+        calibration = [x for x, _ in drawn(train, args.calibration_batches, seed, shuffle=False)]
+        training = drawn(train, args.recovery_steps, seed, shuffle=True)
+        recovery = scoring.RecoveryScorer(
+            model, args.layer, inputs, calibration, training, val, args.recovery_lr, seed=seed
+        )
+        scores.append(recovery.accuracy())
+    mean = sum(scores) / len(scores)
+    print(json.dumps({"checkpoint": args.checkpoint, "unrecovered": plain, "recovered": scores, "mean": mean}))
 
 
 if __name__ == "__main__":

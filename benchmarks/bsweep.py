@@ -163,6 +163,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         recovery_steps=args.recovery_steps,
         recovery_lr=args.recovery_lr,
         recovery_batches=args.recovery_batches,
+        p_star_draws=args.p_star_draws,
         seed=args.seed,
     )
     return {**finetune(args, dm, module, "rl", b, [callback]), "search_s": callback.search_s}
@@ -398,6 +399,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="RLPruneCallback's validation batches per recovered candidate (default: --reward-batches)",
+    )
+    p.add_argument(
+        "--p-star-draws", type=int, default=4, help="RLPruneCallback's recovered scores averaged into p* (recovery on)"
     )
     p.add_argument(
         "--calibration-batches",

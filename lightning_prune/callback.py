@@ -46,10 +46,11 @@ class RLPruneCallback(Callback):
     That accuracy is the network's before any fine-tuning, which forecasts a cut's cost pessimistically: a
     short fine-tune wins most of it back. With `recovery_steps > 0`, `p*` and the decision's candidate counts
     are measured after a short recovery instead (`scoring.RecoveryScorer`: a copy, pruned, re-estimated and
-    trained for `recovery_steps` SGD steps on fixed batches): `p*` is the unpruned model's recovered score, and
-    each layer's model is recovered the same way before its search, so fine-tuning between layers gives back
-    budget as it wins accuracy back. The agent's samples are still scored without recovery (fast), each as the
-    recovered current model minus the sample's own drop, so the agent learns which filters matter most.
+    trained for `recovery_steps` SGD steps on fixed batches): `p*` is the unpruned model's recovered score (the
+    mean of `p_star_draws` draws), and each layer's model is recovered the same way before its search, so
+    fine-tuning between layers gives back budget as it wins accuracy back. The agent's samples are still scored
+    without recovery (fast), each as the recovered current model minus the sample's own drop, so the agent learns
+    which filters matter most.
 
     Under DDP every rank scores a share of the masks on the same batches (the first `reward_batches` of the
     validation split, read in order) and applies rank 0's decision. The search leaves the global random
@@ -97,6 +98,10 @@ class RLPruneCallback(Callback):
         recovery_batches: validation batches each recovered copy is scored on (None: `reward_batches`). Two
             recovered copies differ by a few images, so more batches than the agent's make the decision less
             noisy.
+        p_star_draws: with `recovery_steps > 0`, `p*` is the mean of this many recovered scores of the unpruned
+            model, each recovering on other training batches. Every layer's drop is measured from `p*`, and one
+            draw is noisy: on the b-sweep's baseline eight draws scored 93.36-93.66 (mean 93.52). The scores
+            are in the summary's `baseline["p_star_scores"]`.
         cache: score candidates by running only the part of the network after the cached prefix.
         max_cache_mb: memory bound of that cache; above it the full forward is used.
         monitor: the logged validation accuracy metric (points) reported as baseline and final accuracy.
@@ -130,6 +135,7 @@ class RLPruneCallback(Callback):
         recovery_steps: int = 0,
         recovery_lr: float = 0.001,
         recovery_batches: int | None = None,
+        p_star_draws: int = 4,
         cache: bool = True,
         max_cache_mb: float = 1024.0,
         monitor: str = "val_acc",
@@ -160,6 +166,7 @@ class RLPruneCallback(Callback):
             (calibration_batches >= 0, f"calibration_batches={calibration_batches} must be >= 0 (0 turns it off)"),
             (recovery_steps >= 0, f"recovery_steps={recovery_steps} must be >= 0 (0 turns recovery off)"),
             (recovery_lr > 0, f"recovery_lr={recovery_lr} must be > 0"),
+            (p_star_draws >= 1, f"p_star_draws={p_star_draws} must be >= 1 (recovered scores averaged into p*)"),
             (
                 recovery_batches is None or recovery_batches >= 1,
                 f"recovery_batches={recovery_batches} must be >= 1 (None: reward_batches)",
@@ -196,6 +203,7 @@ class RLPruneCallback(Callback):
         self.recovery_steps = recovery_steps
         self.recovery_lr = recovery_lr
         self.recovery_batches = recovery_batches
+        self.p_star_draws = p_star_draws
         self.cache = cache
         self.max_cache_mb = max_cache_mb
         self.monitor = monitor
@@ -219,7 +227,7 @@ class RLPruneCallback(Callback):
             "b", "layers", "start_epoch", "finetune_epochs", "num_samples", "agent_updates", "reward_batches",
             "reward", "min_keep", "agent_lr", "entropy_coef", "init_keep", "decision", "decision_counts",
             "budget_schedule", "drop_from", "calibration_batches", "recovery_steps", "recovery_lr", "recovery_batches",
-            "cache", "max_cache_mb", "monitor", "seed",
+            "p_star_draws", "cache", "max_cache_mb", "monitor", "seed",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
@@ -357,22 +365,24 @@ class RLPruneCallback(Callback):
         batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
         calibration = scoring.calibration_inputs(trainer, pl_module, self.calibration_batches, seed)
         baseline_cost = self._cost(pl_module) if self.p_star is None else None  # the unpruned model, once
-        recovery, reference = None, None
+        recovery, reference, p_star_scores = None, None, None
         if self.recovery_steps:
-            recovery = scoring.RecoveryScorer(
-                model,
-                name,
-                inputs,
-                calibration,
-                scoring.first_batches(trainer, pl_module, "train", self.recovery_steps, seed=seed, shuffle=True),
-                scoring.first_batches(trainer, pl_module, "val", self.recovery_batches or self.reward_batches),
-                self.recovery_lr,
-                trainer.precision_plugin.forward_context,
-                seed,
-            )
-            reference = _score_shared(trainer, pl_module, recovery, torch.ones(1, size, dtype=torch.bool))[0]
+            unpruned_mask = torch.ones(1, size, dtype=torch.bool)
+            recovery = self._recovery(trainer, pl_module, name, inputs, calibration, seed)
+            reference = _score_shared(trainer, pl_module, recovery, unpruned_mask)[0]
             if self.p_star is None:
-                self.p_star = reference
+                # Draws on other training batches; their seeds follow the layers' so no layer shares them.
+                first = self.seed + len(self.groups)
+                p_star_scores = [reference] + [
+                    _score_shared(
+                        trainer,
+                        pl_module,
+                        self._recovery(trainer, pl_module, name, inputs, calibration, s),
+                        unpruned_mask,
+                    )[0]
+                    for s in range(first, first + self.p_star_draws - 1)
+                ]
+                self.p_star = sum(p_star_scores) / len(p_star_scores)
         with (
             scoring.CandidateScorer(
                 model,
@@ -390,6 +400,8 @@ class RLPruneCallback(Callback):
                 self.p_star = unpruned
             if baseline_cost is not None:
                 self.baseline = {**baseline_cost, "val_acc": _metric(trainer, self.monitor, self.p_star)}
+                if p_star_scores is not None:
+                    self.baseline["p_star_scores"] = p_star_scores
             # With recovery a sample (scored without it) counts as the recovered model minus its own drop.
             offset = reference - unpruned if reference is not None else 0.0
             layer_reference = reference if reference is not None else unpruned
@@ -432,6 +444,28 @@ class RLPruneCallback(Callback):
         self.history.append(record)
         self.last_search = {"name": name, **search.state_dict()}
         tracking.log_layer(trainer, pl_module, record, self.baseline, len(self.groups), self.p_star, self.b)
+
+    def _recovery(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        name: str,
+        inputs: torch.Tensor,
+        calibration: list[torch.Tensor],
+        seed: int,
+    ) -> scoring.RecoveryScorer:
+        """Scores candidates of group `name` after `recovery_steps` SGD steps on training batches drawn by `seed`."""
+        return scoring.RecoveryScorer(
+            pl_module.model,
+            name,
+            inputs,
+            calibration,
+            scoring.first_batches(trainer, pl_module, "train", self.recovery_steps, seed=seed, shuffle=True),
+            scoring.first_batches(trainer, pl_module, "val", self.recovery_batches or self.reward_batches),
+            self.recovery_lr,
+            trainer.precision_plugin.forward_context,
+            seed,
+        )
 
     def _rewards(self, accs: list[float], masks: torch.Tensor, p_ref: float, offset: float = 0.0) -> torch.Tensor:
         """The rewards of masks scoring `accs`, each scored as the accuracy `acc + offset`, against `p_ref`."""

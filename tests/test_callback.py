@@ -119,12 +119,15 @@ def _fit_recovered(tmp_path, module: ImageClassifier, **kwargs) -> RLPruneCallba
 
 
 def test_recovered_decision_measures_p_star_and_candidates_after_recovery(tmp_path, trained_vgg):
-    """With `recovery_steps`, `p*` is the unpruned model's recovered score, each layer records its model's
-    recovered score, and the decision (a recovered candidate within b of p*, or keeping all) is what is cut."""
+    """With `recovery_steps`, `p*` is the mean of `p_star_draws` recovered scores of the unpruned model (the first
+    is the first layer's), each layer records its model's recovered score, and the decision (a recovered candidate
+    within b of p*, or keeping all) is what is cut."""
     module = copy.deepcopy(trained_vgg)
-    callback = _fit_recovered(tmp_path, module)
+    callback = _fit_recovered(tmp_path, module, p_star_draws=3)
     first, second = callback.history
-    assert callback.p_star == first["recovered_reference"]
+    scores = callback.baseline["p_star_scores"]
+    assert len(scores) == 3 and scores[0] == first["recovered_reference"]
+    assert callback.p_star == pytest.approx(sum(scores) / 3)
     removed = {name: len(idxs) for name, _, idxs in steps(module)}
     for record in callback.history:
         assert removed.get(record["name"], 0) == record["before"] - record["after"]
@@ -226,6 +229,7 @@ def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
         ({"recovery_steps": -1}, "recovery_steps=-1 must be >= 0"),
         ({"recovery_lr": 0.0}, "recovery_lr=0.0 must be > 0"),
         ({"recovery_batches": 0}, "recovery_batches=0 must be >= 1"),
+        ({"p_star_draws": 0}, "p_star_draws=0 must be >= 1"),
         ({"recovery_steps": 5, "decision": "greedy"}, "decision='greedy' scores none: use decision='reward'"),
     ],
 )
