@@ -12,7 +12,7 @@ how much `p*` (one draw, or the mean of `p_star_draws`) moves with the draw.
 
     PYTHONPATH=. python benchmarks/bn_reestimation.py --checkpoint benchmarks/work/vgg16w025_fm/baseline.ckpt \\
         --layer features.24 --keep 32 48 64 80 --recovery-steps 60
-    PYTHONPATH=. python benchmarks/bn_reestimation.py --checkpoint benchmarks/work/vgg16w025_fm/baseline.ckpt \
+    PYTHONPATH=. python benchmarks/bn_reestimation.py --checkpoint benchmarks/work/vgg16w025_fm/baseline.ckpt \\
         --recovery-steps 60 --p-star-draws 8
 """
 
