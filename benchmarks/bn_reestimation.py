@@ -23,7 +23,6 @@ import itertools
 import json
 
 import torch
-from torch.utils.data import DataLoader
 
 from lightning_prune import ImageClassifier, scoring, surgery
 from lightning_prune.data import FashionMNISTDataModule
@@ -73,16 +72,6 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"checkpoint": args.checkpoint, "layer": args.layer, "filters": weight.shape[0], **results}))
 
 
-def drawn(loader: DataLoader, count: int, seed: int, shuffle: bool) -> list:
-    """The first `count` batches of `loader`'s dataset drawn from `seed`, as `scoring.first_batches` draws them."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sequential = DataLoader(
-            loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn, shuffle=shuffle
-        )
-        return list(itertools.islice(sequential, count))
-
-
 def p_star_draws(args: argparse.Namespace) -> None:
     if not args.recovery_steps:
         raise SystemExit("--p-star-draws scores recovered models: pass --recovery-steps N (> 0) as well")
@@ -98,8 +87,8 @@ def p_star_draws(args: argparse.Namespace) -> None:
         plain = scorer.accuracy()
     scores = []
     for seed in range(args.p_star_draws):
-        calibration = [x for x, _ in drawn(train, args.calibration_batches, seed, shuffle=False)]
-        training = drawn(train, args.recovery_steps, seed, shuffle=True)
+        calibration = [x for x, _ in scoring.drawn_batches(train, args.calibration_batches, seed)]
+        training = scoring.drawn_batches(train, args.recovery_steps, seed, shuffle=True)
         recovery = scoring.RecoveryScorer(
             model, args.layer, inputs, calibration, training, val, args.recovery_lr, seed=seed
         )

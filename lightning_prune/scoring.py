@@ -663,16 +663,23 @@ def first_batches(
         loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
         if not isinstance(loader, DataLoader):
             raise MisconfigurationException("Pruning needs training batches: give the Trainer a train dataloader.")
-    batches = []
+    convert = trainer.precision_plugin.convert_input
+    return [
+        (convert(x.to(pl_module.device)), y.to(pl_module.device))
+        for x, y in drawn_batches(loader, count, seed, shuffle)
+    ]
+
+
+def drawn_batches(loader: DataLoader, count: int, seed: int | None = None, shuffle: bool = False) -> list[Batch]:
+    """The first `count` batches of `loader`'s dataset, read by a plain loader under a forked RNG (seeded with
+    `seed`, if given), so the caller's random stream is left alone."""
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         sequential = DataLoader(
             loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn, shuffle=shuffle
         )
-        for x, y in itertools.islice(sequential, count):
-            batches.append((trainer.precision_plugin.convert_input(x.to(pl_module.device)), y.to(pl_module.device)))
-    return batches
+        return list(itertools.islice(sequential, count))
 
 
 def calibration_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int, seed: int) -> list[torch.Tensor]:
