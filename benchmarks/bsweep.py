@@ -164,6 +164,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         recovery_lr=args.recovery_lr,
         recovery_batches=args.recovery_batches,
         p_star_draws=args.p_star_draws,
+        holdout_batches=args.holdout_batches,
         seed=args.seed,
     )
     return {**finetune(args, dm, module, "rl", b, [callback]), "search_s": callback.search_s}
@@ -402,6 +403,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--p-star-draws", type=int, default=4, help="RLPruneCallback's recovered scores averaged into p* (recovery on)"
+    )
+    p.add_argument(
+        "--holdout-batches",
+        type=int,
+        default=0,
+        help="RLPruneCallback's validation batches after the scored ones that p* and each layer's level are scored on",
     )
     p.add_argument(
         "--calibration-batches",

@@ -102,6 +102,13 @@ class RLPruneCallback(Callback):
             model, each recovering on other training batches. Every layer's drop is measured from `p*`, and one
             draw is noisy: on the b-sweep's baseline eight draws scored 93.36-93.66 (mean 93.52). The scores
             are in the summary's `baseline["p_star_scores"]`.
+        holdout_batches: validation batches, after the ones candidates are scored on (`reward_batches` and
+            `recovery_batches`), on which `p*` and each layer's unpruned model are scored (0: on the candidates'
+            batches). Every decision keeps the candidate that scores best on its batches, so after a few layers
+            the model scores optimistically there, and a drop measured there undercounts what the network lost.
+            With held-out batches a candidate's score is the layer's held-out score plus the candidate's own
+            drop on the scoring batches: no choice ever reads the held-out images, so earlier choices' optimism
+            does not add up.
         cache: score candidates by running only the part of the network after the cached prefix.
         max_cache_mb: memory bound of that cache; above it the full forward is used.
         monitor: the logged validation accuracy metric (points) reported as baseline and final accuracy.
@@ -136,6 +143,7 @@ class RLPruneCallback(Callback):
         recovery_lr: float = 0.001,
         recovery_batches: int | None = None,
         p_star_draws: int = 4,
+        holdout_batches: int = 0,
         cache: bool = True,
         max_cache_mb: float = 1024.0,
         monitor: str = "val_acc",
@@ -167,6 +175,7 @@ class RLPruneCallback(Callback):
             (recovery_steps >= 0, f"recovery_steps={recovery_steps} must be >= 0 (0 turns recovery off)"),
             (recovery_lr > 0, f"recovery_lr={recovery_lr} must be > 0"),
             (p_star_draws >= 1, f"p_star_draws={p_star_draws} must be >= 1 (recovered scores averaged into p*)"),
+            (holdout_batches >= 0, f"holdout_batches={holdout_batches} must be >= 0 (0 turns the held-out level off)"),
             (
                 recovery_batches is None or recovery_batches >= 1,
                 f"recovery_batches={recovery_batches} must be >= 1 (None: reward_batches)",
@@ -204,6 +213,7 @@ class RLPruneCallback(Callback):
         self.recovery_lr = recovery_lr
         self.recovery_batches = recovery_batches
         self.p_star_draws = p_star_draws
+        self.holdout_batches = holdout_batches
         self.cache = cache
         self.max_cache_mb = max_cache_mb
         self.monitor = monitor
@@ -227,7 +237,7 @@ class RLPruneCallback(Callback):
             "b", "layers", "start_epoch", "finetune_epochs", "num_samples", "agent_updates", "reward_batches",
             "reward", "min_keep", "agent_lr", "entropy_coef", "init_keep", "decision", "decision_counts",
             "budget_schedule", "drop_from", "calibration_batches", "recovery_steps", "recovery_lr", "recovery_batches",
-            "p_star_draws", "cache", "max_cache_mb", "monitor", "seed",
+            "p_star_draws", "holdout_batches", "cache", "max_cache_mb", "monitor", "seed",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
@@ -276,7 +286,10 @@ class RLPruneCallback(Callback):
                 "RLPruneCallback: limit_val_batches=0 turns validation off, but candidates are scored on the "
                 "validation split and `monitor` is logged by validation. Keep limit_val_batches > 0."
             )
-        scoring.validation_loader(trainer)
+        loader = scoring.validation_loader(trainer)
+        available, needed = scoring.batch_count(loader), self._scored_batches() + self.holdout_batches
+        if self.holdout_batches and available is not None and available < needed:
+            raise MisconfigurationException(self._holdout_message(available))
         declared = _declared_metrics(trainer, pl_module)
         if declared is not None and self.monitor not in declared:
             raise MisconfigurationException(
@@ -363,26 +376,34 @@ class RLPruneCallback(Callback):
             init_keep=self.init_keep,
         )
         batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
+        holdout = self._holdout(trainer, pl_module)
         calibration = scoring.calibration_inputs(trainer, pl_module, self.calibration_batches, seed)
         baseline_cost = self._cost(pl_module) if self.p_star is None else None  # the unpruned model, once
-        recovery, reference, p_star_scores = None, None, None
+        # `level`: the layer's unpruned score that drops are measured from (on the held-out batches, if any).
+        recovery, reference, level, p_star_scores = None, None, None, None
         if self.recovery_steps:
             unpruned_mask = torch.ones(1, size, dtype=torch.bool)
             recovery = self._recovery(trainer, pl_module, name, inputs, calibration, seed)
             reference = _score_shared(trainer, pl_module, recovery, unpruned_mask)[0]
+            level = reference
+            if holdout:  # the same recovery, scored on the held-out batches
+                held_out = self._recovery(trainer, pl_module, name, inputs, calibration, seed, holdout)
+                level = _score_shared(trainer, pl_module, held_out, unpruned_mask)[0]
             if self.p_star is None:
                 # Draws on other training batches; their seeds follow the layers' so no layer shares them.
                 first = self.seed + len(self.groups)
-                p_star_scores = [reference] + [
+                p_star_scores = [level] + [
                     _score_shared(
                         trainer,
                         pl_module,
-                        self._recovery(trainer, pl_module, name, inputs, calibration, s),
+                        self._recovery(trainer, pl_module, name, inputs, calibration, s, holdout or None),
                         unpruned_mask,
                     )[0]
                     for s in range(first, first + self.p_star_draws - 1)
                 ]
                 self.p_star = sum(p_star_scores) / len(p_star_scores)
+        elif holdout:
+            level = scoring.evaluate(model, holdout, trainer.precision_plugin.forward_context)
         with (
             scoring.CandidateScorer(
                 model,
@@ -396,16 +417,16 @@ class RLPruneCallback(Callback):
             tracking.SearchTracker(trainer, name, len(self.history), len(self.groups), self.agent_updates) as track,
         ):
             unpruned = scorer.accuracy()
+            level = unpruned if level is None else level
             if self.p_star is None:
-                self.p_star = unpruned
+                self.p_star = level
             if baseline_cost is not None:
                 self.baseline = {**baseline_cost, "val_acc": _metric(trainer, self.monitor, self.p_star)}
                 if p_star_scores is not None:
                     self.baseline["p_star_scores"] = p_star_scores
-            # With recovery a sample (scored without it) counts as the recovered model minus its own drop.
-            offset = reference - unpruned if reference is not None else 0.0
-            layer_reference = reference if reference is not None else unpruned
-            p_ref = self._p_ref(layer_reference)
+            # A sample (scored without recovery, on the reward batches) counts as the level minus its own drop.
+            offset = level - unpruned
+            p_ref = self._p_ref(level)
             step_stats = []
             for update in range(self.agent_updates):
                 masks = search.sample(self.num_samples)
@@ -414,12 +435,15 @@ class RLPruneCallback(Callback):
                 step_stats.append((float(rewards.mean()), float(rewards.max())))
                 track.update(update, rewards, search.probs())
             if recovery is None:
-                keep = trainer.strategy.broadcast(self._decide(trainer, pl_module, scorer, search, p_ref), src=0)
-                decision_acc = scorer.accuracy(keep)
+                keep = self._decide(trainer, pl_module, scorer, search, p_ref, offset)
+                keep = trainer.strategy.broadcast(keep, src=0)
+                decision_acc = scorer.accuracy(keep) + offset
             else:
                 candidates = self._candidates(search)
         if recovery is not None:
-            keep, decision_acc = self._decide_recovered(trainer, pl_module, recovery, candidates, reference, p_ref)
+            keep, decision_acc = self._decide_recovered(
+                trainer, pl_module, recovery, candidates, reference, p_ref, level - reference
+            )
         removed = (~keep).nonzero().flatten().tolist()
         if removed:
             pl_module.prune(name, removed, graph)
@@ -432,15 +456,15 @@ class RLPruneCallback(Callback):
             "before": size,
             "after": size - len(removed),
             "decision_acc": decision_acc,
-            "reference": layer_reference,
+            "reference": level,
             "reward_mean": step_stats[-1][0],
             "reward_best": max(best for _, best in step_stats),
             "keep_probs": [round(p, 4) for p in search.probs().tolist()],
             "budget": self._budget(),
             **cost,
         }
-        if reference is not None:
-            record["recovered_reference"] = reference
+        if recovery is not None:
+            record["recovered_reference"] = level
         self.history.append(record)
         self.last_search = {"name": name, **search.state_dict()}
         tracking.log_layer(trainer, pl_module, record, self.baseline, len(self.groups), self.p_star, self.b)
@@ -453,18 +477,43 @@ class RLPruneCallback(Callback):
         inputs: torch.Tensor,
         calibration: list[torch.Tensor],
         seed: int,
+        batches: list[scoring.Batch] | None = None,
     ) -> scoring.RecoveryScorer:
-        """Scores candidates of group `name` after `recovery_steps` SGD steps on training batches drawn by `seed`."""
+        """Scores candidates of group `name` after `recovery_steps` SGD steps on training batches drawn by `seed`,
+        on `batches` (None: the first `recovery_batches` validation batches)."""
         return scoring.RecoveryScorer(
             pl_module.model,
             name,
             inputs,
             calibration,
             scoring.first_batches(trainer, pl_module, "train", self.recovery_steps, seed=seed, shuffle=True),
-            scoring.first_batches(trainer, pl_module, "val", self.recovery_batches or self.reward_batches),
+            batches or scoring.first_batches(trainer, pl_module, "val", self.recovery_batches or self.reward_batches),
             self.recovery_lr,
             trainer.precision_plugin.forward_context,
             seed,
+        )
+
+    def _scored_batches(self) -> int:
+        """Validation batches, from the first, that candidates are scored on; the held-out ones follow them."""
+        recovered = (self.recovery_batches or self.reward_batches) if self.recovery_steps else 0
+        return max(self.reward_batches, recovered)
+
+    def _holdout(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[scoring.Batch]:
+        """The `holdout_batches` validation batches after the scored ones (none with `holdout_batches=0`)."""
+        if not self.holdout_batches:
+            return []
+        skip = self._scored_batches()
+        holdout = scoring.first_batches(trainer, pl_module, "val", skip + self.holdout_batches)[skip:]
+        if len(holdout) < self.holdout_batches:
+            raise MisconfigurationException(self._holdout_message(skip + len(holdout)))
+        return holdout
+
+    def _holdout_message(self, available: int) -> str:
+        return (
+            f"RLPruneCallback: holdout_batches={self.holdout_batches} needs that many validation batches after "
+            f"the {self._scored_batches()} that candidates are scored on (reward_batches / recovery_batches), "
+            f"but the validation split has {available}. Lower holdout_batches or recovery_batches, or hold out "
+            "more training data for validation."
         )
 
     def _rewards(self, accs: list[float], masks: torch.Tensor, p_ref: float, offset: float = 0.0) -> torch.Tensor:
@@ -499,11 +548,13 @@ class RLPruneCallback(Callback):
         scorer: scoring.CandidateScorer,
         search: LayerSearch,
         p_ref: float,
+        offset: float,
     ) -> torch.Tensor:
         if self.decision == "greedy":
             return search.decision()
         masks = self._candidates(search)
-        return masks[self._choose(_score_shared(trainer, pl_module, scorer, masks), masks, p_ref)]
+        accs = [a + offset for a in _score_shared(trainer, pl_module, scorer, masks)]
+        return masks[self._choose(accs, masks, p_ref)]
 
     def _candidates(self, search: LayerSearch) -> torch.Tensor:
         """The agent's greedy mask and the masks keeping its `decision_counts` counts of most likely filters."""
@@ -518,12 +569,14 @@ class RLPruneCallback(Callback):
         candidates: torch.Tensor,
         reference: float,
         p_ref: float,
+        shift: float,
     ) -> tuple[torch.Tensor, float]:
-        """The candidate the decision keeps, scored after recovery (keeping all: `reference`), and its score."""
+        """The candidate the decision keeps, scored after recovery (keeping all: `reference`) and raised by `shift`
+        (the layer's level minus `reference`), and its score."""
         full = torch.ones_like(candidates[0])
         unique = list({tuple(m.tolist()): m for m in candidates if not m.all()}.values())
         masks = torch.stack([full, *unique])
-        accs = [reference, *_score_shared(trainer, pl_module, recovery, masks[1:])]
+        accs = [a + shift for a in [reference, *_score_shared(trainer, pl_module, recovery, masks[1:])]]
         best = int(trainer.strategy.broadcast(self._choose(accs, masks, p_ref), src=0))
         return masks[best], accs[best]
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -601,12 +602,23 @@ class RecoveryScorer:
                     loss = F.cross_entropy(model(x), y)
                 loss.backward()
                 optimizer.step()
-        model.eval()
-        correct = 0
-        with torch.no_grad(), self.forward_context():
-            for x, y in self.batches:
+        return evaluate(model, self.batches, self.forward_context)
+
+
+def evaluate(
+    model: nn.Module, batches: Sequence[Batch], forward_context: Callable[[], AbstractContextManager] | None = None
+) -> float:
+    """Top-1 accuracy (percentage points) of `model` in eval mode on `batches`; its train/eval mode is restored."""
+    training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad(), (forward_context or nullcontext)():
+            for x, y in batches:
                 correct += int((model(x).argmax(-1) == y).sum())
-        return 100.0 * correct / sum(len(y) for _, y in self.batches)
+    finally:
+        model.train(training)
+    return 100.0 * correct / sum(len(y) for _, y in batches)
 
 
 def _save_norms(norms: Iterable[_BatchNorm]) -> list[tuple[_BatchNorm, dict[str, torch.Tensor]]]:
@@ -680,6 +692,13 @@ def drawn_batches(loader: DataLoader, count: int, seed: int | None = None, shuff
             loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn, shuffle=shuffle
         )
         return list(itertools.islice(sequential, count))
+
+
+def batch_count(loader: DataLoader) -> int | None:
+    """How many batches `drawn_batches` can read from `loader`'s dataset (None: the dataset has no length)."""
+    if not hasattr(loader.dataset, "__len__"):
+        return None
+    return math.ceil(len(loader.dataset) / (loader.batch_size or 1))
 
 
 def calibration_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int, seed: int) -> list[torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import json
 
 import pytest
@@ -151,6 +152,48 @@ def test_budget_decision_spends_each_layers_allowance_on_its_own_cuts(tmp_path, 
     assert any(r["after"] < r["before"] for r in callback.history)  # b = 4 points lets filters go
 
 
+@pytest.mark.parametrize("recovery_steps", [0, 3])
+def test_held_out_batches_set_the_level_and_leave_the_first_decision_alone(tmp_path, trained_vgg, recovery_steps):
+    """With `holdout_batches`, `p*` and each layer's level are scored on validation batches after the candidates'
+    ones, and a candidate counts as the level minus its own drop on the candidates' batches. The first layer's
+    drops are then the same as without them, and so is its decision."""
+    scored = 2 if recovery_steps else 1  # reward_batches=1, recovery_batches=2
+    runs = {}
+    for holdout in (0, 2):
+        module, data = copy.deepcopy(trained_vgg), tiny_data(batch_size=100, augment=False)  # 5 validation batches
+        callback = RLPruneCallback(
+            b=4.0,
+            layers=LAYERS["vgg11"],
+            finetune_epochs=0,
+            reward_batches=1,
+            init_keep=0.6,
+            decision_counts=4,
+            recovery_steps=recovery_steps,
+            recovery_lr=0.01,
+            recovery_batches=2,
+            p_star_draws=1,
+            holdout_batches=holdout,
+        )
+        fast_trainer(tmp_path / str(holdout), [callback], max_epochs=1, limit_train_batches=1).fit(
+            module, datamodule=data
+        )
+        runs[holdout] = callback
+    plain, held = runs[0].history[0], runs[2].history[0]
+    assert runs[2].p_star == held["reference"]
+    assert (held["before"], held["after"]) == (plain["before"], plain["after"])
+    assert held["keep_probs"] == pytest.approx(plain["keep_probs"], abs=1e-3)
+    assert held["reference"] - held["decision_acc"] == pytest.approx(plain["reference"] - plain["decision_acc"])
+    assert any(r["after"] < r["before"] for r in runs[2].history)  # b = 4 points lets filters go
+    if not recovery_steps:  # the level is the unpruned model's accuracy on the held-out batches
+        data = tiny_data(batch_size=100, augment=False)
+        data.setup("fit")
+        batches = list(itertools.islice(data.val_dataloader(), scored + 2))[scored:]
+        model = copy.deepcopy(trained_vgg).eval()
+        with torch.no_grad():
+            correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+        assert held["reference"] == pytest.approx(100.0 * correct / 200)
+
+
 @pytest.mark.parametrize("min_keep", [3, 0.5])
 def test_min_keep_is_never_violated(tmp_path, min_keep):
     pl.seed_everything(0)
@@ -230,6 +273,7 @@ def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
         ({"recovery_lr": 0.0}, "recovery_lr=0.0 must be > 0"),
         ({"recovery_batches": 0}, "recovery_batches=0 must be >= 1"),
         ({"p_star_draws": 0}, "p_star_draws=0 must be >= 1"),
+        ({"holdout_batches": -1}, "holdout_batches=-1 must be >= 0"),
         ({"recovery_steps": 5, "decision": "greedy"}, "decision='greedy' scores none: use decision='reward'"),
     ],
 )
@@ -278,9 +322,19 @@ def _trained_batches(trainer: pl.Trainer) -> int:
         (tiny_classifier(), {}, {"max_epochs": 2}, "needs max_epochs >= 3"),
         (tiny_classifier(), {"monitor": "val_accuracy"}, {}, "'val_accuracy' is never logged.*val_loss, val_acc"),
         (tiny_classifier(), {}, {"limit_val_batches": 0}, "limit_val_batches=0"),
+        (tiny_classifier(), {"holdout_batches": 16}, {}, "holdout_batches=16 needs .* after the 1 .* has 16"),
         (NotAClassifier(), {}, {}, "needs a `lightning_prune.ImageClassifier`"),
     ],
-    ids=["unknown-layer", "nothing-prunable", "min-keep-too-large", "max-epochs", "monitor", "no-val", "module"],
+    ids=[
+        "unknown-layer",
+        "nothing-prunable",
+        "min-keep-too-large",
+        "max-epochs",
+        "monitor",
+        "no-val",
+        "holdout",
+        "module",
+    ],  # fmt: skip
 )
 def test_bad_setup_fails_before_training(tmp_path, module, callback_kwargs, trainer_kwargs, match):
     trainer = fast_trainer(tmp_path, [fast_callback(**callback_kwargs)], **trainer_kwargs)
