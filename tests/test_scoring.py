@@ -12,7 +12,14 @@ from torch import nn
 from lightning_prune import surgery
 from lightning_prune.models import build_model
 from lightning_prune.policy import LayerSearch
-from lightning_prune.scoring import CandidateScorer, RecoveryScorer, reestimate_batchnorm, split_before
+from lightning_prune.scoring import (
+    CandidateScorer,
+    RecoveryScorer,
+    batch_count,
+    evaluate,
+    reestimate_batchnorm,
+    split_before,
+)
 
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 
@@ -453,6 +460,29 @@ def test_recovered_score_is_removal_reestimation_and_sgd_on_a_copy() -> None:
     assert scores[2] < still.accuracy()  # trained towards the wrong labels
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert not any(m.training for m in model.modules())
+
+
+def test_evaluate_scores_in_eval_mode_and_restores_the_mode() -> None:
+    """`evaluate` is the eval-mode accuracy whatever mode the model is in, and leaves the model in that mode."""
+    model = _randomized(build_model("vgg11", num_classes=10, width=0.25))
+    batches = _batches(model)  # labelled with the eval-mode predictions
+    model.train()
+    assert evaluate(model, batches) == 100.0
+    assert all(m.training for m in model.modules())
+    flipped = [(x, (y + 1) % 10) for x, y in batches]
+    assert evaluate(model.eval(), batches[:1] + flipped[1:]) == 50.0
+    assert not model.training
+
+
+def test_batch_count_is_what_a_sequential_read_yields() -> None:
+    data = torch.utils.data.TensorDataset(torch.zeros(10, 1))
+    assert batch_count(torch.utils.data.DataLoader(data, batch_size=4)) == 3
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(3))
+
+    assert batch_count(torch.utils.data.DataLoader(Stream(), batch_size=2)) is None
 
 
 def test_reestimate_batchnorm_averages_the_batch_statistics_and_restores_modes() -> None:
