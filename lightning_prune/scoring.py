@@ -608,8 +608,8 @@ class RecoveryScorer:
 def evaluate(
     model: nn.Module, batches: Sequence[Batch], forward_context: Callable[[], AbstractContextManager] | None = None
 ) -> float:
-    """Top-1 accuracy (percentage points) of `model` in eval mode on `batches`; its train/eval mode is restored."""
-    training = model.training
+    """Top-1 accuracy (percentage points) of `model` in eval mode on `batches`; every submodule's mode is restored."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     correct = 0
     try:
@@ -617,7 +617,8 @@ def evaluate(
             for x, y in batches:
                 correct += int((model(x).argmax(-1) == y).sum())
     finally:
-        model.train(training)
+        for module, training in modes:
+            module.training = training
     return 100.0 * correct / sum(len(y) for _, y in batches)
 
 

@@ -99,22 +99,23 @@ def test_reward_decision_removes_the_least_likely_filters(tmp_path, trained_vgg)
             assert probs[gone].max() <= probs[~gone].min()
 
 
-def _fit_recovered(tmp_path, module: ImageClassifier, **kwargs) -> RLPruneCallback:
-    """Both VGG-11 layers pruned at epoch 0 with `b = 4` and a 3-step recovered decision; the callback after."""
-    callback = RLPruneCallback(
-        b=4.0,
-        layers=LAYERS["vgg11"],
-        finetune_epochs=0,
-        reward_batches=1,
-        init_keep=0.6,
-        decision_counts=4,
-        recovery_steps=3,
-        recovery_lr=0.01,
-        recovery_batches=2,
-        **kwargs,
-    )
+def _fit_recovered(tmp_path, module: ImageClassifier, batch_size: int = 500, **kwargs) -> RLPruneCallback:
+    """Both VGG-11 layers pruned at epoch 0 with `b = 4` and a 3-step recovered decision (keyword arguments
+    override the callback's); the callback after."""
+    options = {
+        "b": 4.0,
+        "layers": LAYERS["vgg11"],
+        "finetune_epochs": 0,
+        "reward_batches": 1,
+        "init_keep": 0.6,
+        "decision_counts": 4,
+        "recovery_steps": 3,
+        "recovery_lr": 0.01,
+        "recovery_batches": 2,
+    }
+    callback = RLPruneCallback(**{**options, **kwargs})
     fast_trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1).fit(
-        module, datamodule=tiny_data(batch_size=500, augment=False)
+        module, datamodule=tiny_data(batch_size=batch_size, augment=False)
     )
     return callback
 
@@ -158,26 +159,17 @@ def test_held_out_batches_set_the_level_and_leave_the_first_decision_alone(tmp_p
     ones, and a candidate counts as the level minus its own drop on the candidates' batches. The first layer's
     drops are then the same as without them, and so is its decision."""
     scored = 2 if recovery_steps else 1  # reward_batches=1, recovery_batches=2
-    runs = {}
-    for holdout in (0, 2):
-        module, data = copy.deepcopy(trained_vgg), tiny_data(batch_size=100, augment=False)  # 5 validation batches
-        callback = RLPruneCallback(
-            b=4.0,
-            layers=LAYERS["vgg11"],
-            finetune_epochs=0,
-            reward_batches=1,
-            init_keep=0.6,
-            decision_counts=4,
+    runs = {
+        holdout: _fit_recovered(
+            tmp_path / str(holdout),
+            copy.deepcopy(trained_vgg),
+            batch_size=100,  # 5 validation batches
             recovery_steps=recovery_steps,
-            recovery_lr=0.01,
-            recovery_batches=2,
             p_star_draws=1,
             holdout_batches=holdout,
         )
-        fast_trainer(tmp_path / str(holdout), [callback], max_epochs=1, limit_train_batches=1).fit(
-            module, datamodule=data
-        )
-        runs[holdout] = callback
+        for holdout in (0, 2)
+    }
     plain, held = runs[0].history[0], runs[2].history[0]
     assert runs[2].p_star == held["reference"]
     assert (held["before"], held["after"]) == (plain["before"], plain["after"])

@@ -463,12 +463,13 @@ def test_recovered_score_is_removal_reestimation_and_sgd_on_a_copy() -> None:
 
 
 def test_evaluate_scores_in_eval_mode_and_restores_the_mode() -> None:
-    """`evaluate` is the eval-mode accuracy whatever mode the model is in, and leaves the model in that mode."""
+    """`evaluate` is the eval-mode accuracy whatever mode the model is in, and leaves every submodule's mode."""
     model = _randomized(build_model("vgg11", num_classes=10, width=0.25))
     batches = _batches(model)  # labelled with the eval-mode predictions
     model.train()
+    model.features[1].eval()  # a frozen BatchNorm stays frozen
     assert evaluate(model, batches) == 100.0
-    assert all(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == [m is not model.features[1] for m in model.modules()]
     flipped = [(x, (y + 1) % 10) for x, y in batches]
     assert evaluate(model.eval(), batches[:1] + flipped[1:]) == 50.0
     assert not model.training
