@@ -312,8 +312,37 @@ def run_matched(
     return run_rule_based(args, dm, base, method, b, target_macs)
 
 
+def margins(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per b with RL runs: each seed's MACs removed and test-accuracy drop, and RL's test accuracy minus each
+    method's pruned to that run's MACs (same b and seed), as lists in seed order."""
+    base, runs = results["baseline"], results["runs"]
+    rows = []
+    for b in sorted({r["b"] for r in runs if r["method"] == "rl"}):
+        rl = sorted((r for r in runs if r["method"] == "rl" and r["b"] == b), key=lambda r: r["seed"])
+        row: dict[str, Any] = {
+            "b": b,
+            "seeds": [r["seed"] for r in rl],
+            "macs_removed": [100 * (1 - r["macs"] / base["macs"]) for r in rl],
+            "drop": [base["test_acc"] - r["test_acc"] for r in rl],
+            "rl_minus": {},
+        }
+        for method in dict.fromkeys(r["method"] for r in runs if r["method"] != "rl" and r["b"] == b):
+            matched = {r["seed"]: r["test_acc"] for r in runs if r["method"] == method and r["b"] == b}
+            if all(r["seed"] in matched for r in rl):
+                row["rl_minus"][method] = [r["test_acc"] - matched[r["seed"]] for r in rl]
+        rows.append(row)
+    return rows
+
+
+def _cell(values: list[float], spec: str = "+.2f") -> str:
+    """The mean of `values` formatted by `spec`, followed by the values themselves when there are several."""
+    mean = format(sum(values) / len(values), spec)
+    return mean if len(values) == 1 else f"{mean} ({', '.join(format(v, spec) for v in values)})"
+
+
 def report(path: Path) -> str:
-    """Markdown table and an accuracy-vs-MACs plot (PNG beside the JSON) of a results file."""
+    """Markdown tables (every run; RL's margins per b) and an accuracy-vs-MACs plot (PNG beside the JSON) of a
+    results file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -350,6 +379,25 @@ def report(path: Path) -> str:
     fig.tight_layout()
     png = path.with_suffix(".png")
     fig.savefig(png, dpi=120)
+    summary = margins(results)
+    methods = list(dict.fromkeys(m for row in summary for m in row["rl_minus"]))
+    if methods:
+        lines += [
+            "",
+            "RL per b, the mean over seeds (each seed in brackets): MACs removed, test-accuracy drop, and RL's test "
+            "accuracy minus each method's at the same MACs (positive: RL ahead).",
+            "",
+            "| b | seeds | MACs removed (%) | drop | " + " | ".join(f"RL - {m}" for m in methods) + " |",
+            "|---" * (4 + len(methods)) + "|",
+        ]
+        for row in summary:
+            cells = [_cell(row["rl_minus"][m]) if m in row["rl_minus"] else "" for m in methods]
+            seeds = ", ".join(map(str, row["seeds"]))
+            lines.append(
+                f"| {row['b']} | {seeds} | {_cell(row['macs_removed'], '.1f')} | {_cell(row['drop'], '.2f')} | "
+                + " | ".join(cells)
+                + " |"
+            )
     lines += ["", f"![accuracy vs MACs]({png.name})"]
     return "\n".join(lines)
 

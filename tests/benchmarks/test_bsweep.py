@@ -52,7 +52,8 @@ def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
     assert runs[:2] == [rl, l1] and [r["method"] for r in runs] == ["rl", "l1_uniform", "random"]
 
     table = bsweep.report(tmp_path / "sweep.json")
-    assert table.count("\n| ") == 4 and "![accuracy vs MACs](sweep.png)" in table  # header + 3 runs
+    assert table.count("\n| ") == 6 and "![accuracy vs MACs](sweep.png)" in table  # header + 3 runs, header + b
+    assert "| b | seeds | MACs removed (%) | drop | RL - l1_uniform | RL - random |" in table
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
     # The RL run's allocation, retrained from the baseline, has the RL network's shape.
@@ -76,6 +77,26 @@ def test_macs_targets_run_the_methods_without_rl_on_the_baseline_split(bsweep, t
     assert "| l1_uniform | - |" in bsweep.report(tmp_path / "sweep.json")
     with pytest.raises(SystemExit, match="made with --split-seed 0, not 1"):
         bsweep.main([*argv, "--seed", "1", "--split-seed", "1"])  # the baseline was trained on split 0
+
+
+def test_margins_pair_each_rl_run_with_the_methods_run_at_its_b_and_seed(bsweep) -> None:
+    def run(method: str, b: float | None, seed: int, acc: float, macs: int = 40) -> dict:
+        return {"method": method, "b": b, "seed": seed, "test_acc": acc, "macs": macs}
+
+    results = {
+        "baseline": {"test_acc": 93.0, "macs": 100},
+        "runs": [
+            run("rl", 2.0, 1, 92.0, 30), run("l1_uniform", 2.0, 1, 92.5, 30), run("random", 2.0, 1, 91.0, 30),
+            run("rl", 2.0, 0, 92.2), run("l1_uniform", 2.0, 0, 92.1),  # no random run at seed 0
+            run("rl", 1.0, 0, 92.6), run("l1_uniform", None, 0, 90.0),  # a MACs-target run matches no RL run
+        ],
+    }  # fmt: skip
+    one, two = bsweep.margins(results)
+    assert (one["b"], one["seeds"], one["rl_minus"]) == (1.0, [0], {})
+    assert two["b"] == 2.0 and two["seeds"] == [0, 1] and two["macs_removed"] == [60.0, 70.0]
+    assert two["drop"] == pytest.approx([0.8, 1.0])
+    assert list(two["rl_minus"]) == ["l1_uniform"] and two["rl_minus"]["l1_uniform"] == pytest.approx([0.1, -0.5])
+    assert bsweep._cell([0.1, -0.5]) == "-0.20 (+0.10, -0.50)" and bsweep._cell([60.0], ".1f") == "60.0"
 
 
 @pytest.mark.parametrize("method", ["l1_uniform", "random", "magnitude_global"])
