@@ -42,6 +42,7 @@ from lightning_prune.data import (
     EmbeddedFashionMNISTDataModule,
     FashionMNISTDataModule,
 )
+from lightning_prune.distill import Distiller
 from lightning_prune.measure import latency_ms, model_cost
 
 RULE_BASED = ("l1_uniform", "random", "magnitude_global")
@@ -89,12 +90,17 @@ def finetune_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def finetune(
     args: argparse.Namespace,
     dm: pl.LightningDataModule,
+    base: Path,
     module: ImageClassifier,
     method: str,
     b: float | None,
     callbacks: list,
 ) -> dict[str, Any]:
-    """Fine-tune `module` for the sweep's budget, then its final test accuracy and measurements."""
+    """Fine-tune `module` for the sweep's budget, then its final test accuracy and measurements. With
+    `--distill-weight`, the baseline teaches every method's network while it fine-tunes, pruned before or during."""
+    if args.distill_weight:
+        teacher = ImageClassifier.load_from_checkpoint(base, map_location="cpu").model
+        module.distiller = Distiller(teacher, args.distill_temperature, args.distill_weight)
     t = trainer(args, args.finetune_epochs, callbacks, f"{method}_b{b}", args.limit_train_batches)
     t.fit(module, datamodule=dm)
     return {"method": method, "b": b, "test_acc": test_accuracy(t, module, dm), **measure(module, args)}
@@ -167,7 +173,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         holdout_batches=args.holdout_batches,
         seed=args.seed,
     )
-    return {**finetune(args, dm, module, "rl", b, [callback]), "search_s": callback.search_s}
+    return {**finetune(args, dm, base, module, "rl", b, [callback]), "search_s": callback.search_s}
 
 
 def prune_rule_based(module: ImageClassifier, method: str, ratio: float, seed: int) -> None:
@@ -225,7 +231,7 @@ def run_rule_based(
     start = time.perf_counter()
     prune_rule_based(module, method, ratio, args.seed)
     search_s = time.perf_counter() - start
-    return {**finetune(args, dm, module, method, b, []), "ratio": ratio, "search_s": search_s}
+    return {**finetune(args, dm, base, module, method, b, []), "ratio": ratio, "search_s": search_s}
 
 
 def run_distribution(
@@ -246,7 +252,7 @@ def run_distribution(
         calibration_batches=args.calibration_batches,
         seed=args.seed,
     )
-    return {**finetune(args, dm, module, "distribution", b, [callback]), "search_s": callback.search_s}
+    return {**finetune(args, dm, base, module, "distribution", b, [callback]), "search_s": callback.search_s}
 
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -464,6 +470,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=4,
         help="BatchNorm calibration batches of the RL and distribution callbacks",
     )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        help="knowledge distillation from the baseline while every method fine-tunes: weight of the term (0: off)",
+    )
+    p.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of the distillation")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)

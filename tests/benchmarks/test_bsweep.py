@@ -79,6 +79,26 @@ def test_macs_targets_run_the_methods_without_rl_on_the_baseline_split(bsweep, t
         bsweep.main([*argv, "--seed", "1", "--split-seed", "1"])  # the baseline was trained on split 0
 
 
+def test_distillation_teaches_every_method_while_it_fine_tunes(bsweep, tmp_path, monkeypatch) -> None:
+    teachers, taught = [], set()
+
+    class Spy(bsweep.Distiller):
+        def __init__(self, teacher, temperature, weight) -> None:
+            super().__init__(teacher, temperature, weight)
+            teachers.append((sum(p.numel() for p in teacher.parameters()), temperature, weight))
+
+        def __call__(self, x, student_logits):
+            taught.add(id(self))
+            return super().__call__(x, student_logits)
+
+    monkeypatch.setattr(bsweep, "Distiller", Spy)
+    bsweep.main([*_argv(tmp_path, "l1_uniform"), "--distill-weight", "0.5"])
+    results = json.loads((tmp_path / "sweep.json").read_text())
+    assert results["protocol"]["distill_weight"] == 0.5 and len(results["runs"]) == 2
+    assert teachers == [(results["baseline"]["params"], 4.0, 0.5)] * 2  # the unpruned baseline, for RL and L1
+    assert len(taught) == 2  # and each added its term to the training loss
+
+
 def test_margins_pair_each_rl_run_with_the_methods_run_at_its_b_and_seed(bsweep) -> None:
     def run(method: str, b: float | None, seed: int, acc: float, macs: int = 40) -> dict:
         return {"method": method, "b": b, "seed": seed, "test_acc": acc, "macs": macs}
