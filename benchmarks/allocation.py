@@ -52,7 +52,7 @@ def retrain(args: argparse.Namespace, dm: pl.LightningDataModule, summary_path: 
     pl.seed_everything(args.seed)
     module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **bsweep.finetune_overrides(args))
     cut_to_counts(module, summary["layers"])
-    run = bsweep.finetune(args, dm, module, "rl_allocation", summary["b"], [])
+    run = bsweep.finetune(args, dm, base, module, "rl_allocation", summary["b"], [])
     return {**run, "rl_final_macs": summary["final"]["macs"], "summary": str(summary_path), "seed": args.seed}
 
 

@@ -7,7 +7,8 @@ fine-tuning budget (`--finetune-epochs`). RL runs prune layer by layer inside th
 once, to the MACs the RL run at the same b reached, and fine-tune for the whole budget; the RL-Pruner mode
 (`DistributionPruneCallback`) gets that MACs reduction as its target, reached in `--distribution-steps` steps.
 `--macs-targets` runs the same methods at given MACs reductions without an RL run (recorded with `b` null), to
-trace each method's accuracy-vs-MACs curve beyond the reductions RL reaches.
+trace each method's accuracy-vs-MACs curve beyond the reductions RL reaches. With `--distill-weight`, the baseline
+teaches every method's network while it fine-tunes (knowledge distillation, as in RL-Pruner).
 The reward uses the validation split held out from the training data; the reported accuracy is the final
 epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`).
 
