@@ -505,7 +505,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--work", default="benchmarks/work/bsweep")
     p.add_argument("--output", default="benchmarks/results/bsweep.json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.distill_weight < 0 or args.distill_temperature <= 0:
+        p.error(
+            f"--distill-weight {args.distill_weight} must be >= 0 (0: no distillation) and --distill-temperature "
+            f"{args.distill_temperature} > 0"
+        )
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

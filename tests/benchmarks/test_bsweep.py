@@ -97,6 +97,8 @@ def test_distillation_teaches_every_method_while_it_fine_tunes(bsweep, tmp_path,
     assert results["protocol"]["distill_weight"] == 0.5 and len(results["runs"]) == 2
     assert teachers == [(results["baseline"]["params"], 4.0, 0.5)] * 2  # the unpruned baseline, for RL and L1
     assert len(taught) == 2  # and each added its term to the training loss
+    with pytest.raises(SystemExit):
+        bsweep.parse(["--distill-weight", "-1"])
 
 
 def test_margins_pair_each_rl_run_with_the_methods_run_at_its_b_and_seed(bsweep) -> None:
