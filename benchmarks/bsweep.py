@@ -154,7 +154,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
     module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **finetune_overrides(args))
     callback = TimedRLPrune(
         b=b,
-        start_epoch=0,
+        start_epoch=args.start_epoch,
         finetune_epochs=args.epochs_per_layer,
         agent_updates=args.agent_updates,
         num_samples=args.num_samples,
@@ -429,6 +429,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=int, default=20)
     p.add_argument("--finetune-epochs", type=int, default=16)
     p.add_argument("--epochs-per-layer", type=int, default=1)
+    p.add_argument(
+        "--start-epoch",
+        type=int,
+        default=0,
+        help="RLPruneCallback's first pruning epoch: the unpruned network fine-tunes this long before p* is measured",
+    )
     p.add_argument("--agent-updates", type=int, default=10)
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--reward-batches", type=int, default=2)
@@ -506,6 +512,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default="benchmarks/work/bsweep")
     p.add_argument("--output", default="benchmarks/results/bsweep.json")
     args = p.parse_args(argv)
+    if not 0 <= args.start_epoch < args.finetune_epochs:
+        p.error(f"--start-epoch {args.start_epoch} must be >= 0 and below --finetune-epochs {args.finetune_epochs}")
     if args.distill_weight < 0 or args.distill_temperature <= 0:
         p.error(
             f"--distill-weight {args.distill_weight} must be >= 0 (0: no distillation) and --distill-temperature "

@@ -101,6 +101,23 @@ def test_distillation_teaches_every_method_while_it_fine_tunes(bsweep, tmp_path,
         bsweep.parse(["--distill-weight", "-1"])
 
 
+def test_start_epoch_lets_the_unpruned_network_fine_tune_before_the_search(bsweep, tmp_path, monkeypatch) -> None:
+    starts = []
+
+    class Spy(bsweep.TimedRLPrune):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            starts.append(kwargs["start_epoch"])
+
+    monkeypatch.setattr(bsweep, "TimedRLPrune", Spy)
+    bsweep.main([*_argv(tmp_path), "--start-epoch", "1", "--epochs-per-layer", "0"])
+    results = json.loads((tmp_path / "sweep.json").read_text())
+    assert starts == [1] and results["protocol"]["start_epoch"] == 1 and len(results["runs"]) == 1
+    for bad in ("-1", "8"):  # the last epoch of --finetune-epochs 8 is 7
+        with pytest.raises(SystemExit):
+            bsweep.parse(["--start-epoch", bad, "--finetune-epochs", "8"])
+
+
 def test_margins_pair_each_rl_run_with_the_methods_run_at_its_b_and_seed(bsweep) -> None:
     def run(method: str, b: float | None, seed: int, acc: float, macs: int = 40) -> dict:
         return {"method": method, "b": b, "seed": seed, "test_acc": acc, "macs": macs}
