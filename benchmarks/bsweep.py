@@ -161,6 +161,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         reward_batches=args.reward_batches,
         reward=args.reward,
         init_keep=args.init_keep,
+        l1_prior=args.l1_prior,
         agent_lr=args.agent_lr,
         decision=args.decision,
         budget_schedule=args.budget_schedule,
@@ -442,6 +443,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-keep", type=float, default=0.9, help="RLPruneCallback's initial keep probability")
     p.add_argument("--agent-lr", type=float, default=0.05, help="RLPruneCallback's agent learning rate")
     p.add_argument(
+        "--l1-prior", type=float, default=0.0, help="RLPruneCallback's weight of the filters' L1 norms in the agents"
+    )
+    p.add_argument(
         "--decision", default="reward", choices=["reward", "greedy", "budget"], help="RLPruneCallback's decision"
     )
     p.add_argument(
@@ -514,6 +518,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.start_epoch < args.finetune_epochs:
         p.error(f"--start-epoch {args.start_epoch} must be >= 0 and below --finetune-epochs {args.finetune_epochs}")
+    if args.l1_prior < 0:
+        p.error(f"--l1-prior {args.l1_prior} must be >= 0 (0: the agents start with every filter equal)")
     if args.distill_weight < 0 or args.distill_temperature <= 0:
         p.error(
             f"--distill-weight {args.distill_weight} must be >= 0 (0: no distillation) and --distill-temperature "

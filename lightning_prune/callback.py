@@ -72,6 +72,11 @@ class RLPruneCallback(Callback):
         agent_lr: Adam learning rate of the agents.
         entropy_coef: entropy bonus weight in the agents' loss.
         init_keep: keep probability of every filter before the first update.
+        l1_prior: weight of the filters' L1 norms (Li et al., 2017) in the agents' keep probabilities: a filter's
+            logit is the agent's output plus `l1_prior` times its L1 norm standardised over the layer, so with
+            `l1_prior > 0` the agent starts from the rule-based ranking (higher norm, more likely kept) and its
+            updates learn where to depart from it. 0: every filter starts at `init_keep` and the agent's ranking
+            is learned from the rewards alone.
         decision: "reward": the agent ranks the filters by keep probability, and the kept count is the one
             whose mask of the most likely filters earns the highest reward (`decision_counts` counts from
             `min_keep` to all filters, and the agent's greedy mask, are scored); keeping everything scores 0,
@@ -134,6 +139,7 @@ class RLPruneCallback(Callback):
         agent_lr: float = 0.05,
         entropy_coef: float = 0.0,
         init_keep: float = 0.9,
+        l1_prior: float = 0.0,
         decision: Literal["reward", "greedy", "budget"] = "reward",
         decision_counts: int = 16,
         budget_schedule: Literal["linear", "shared"] = "linear",
@@ -159,6 +165,7 @@ class RLPruneCallback(Callback):
             (finetune_epochs >= 0, f"finetune_epochs={finetune_epochs} must be >= 0"),
             (reward in REWARDS, f"reward={reward!r} is unknown: use one of {sorted(REWARDS)}"),
             (0 < init_keep < 1, f"init_keep={init_keep} must be in (0, 1)"),
+            (l1_prior >= 0, f"l1_prior={l1_prior} must be >= 0 (0 turns the L1-norm prior off)"),
             (agent_lr > 0, f"agent_lr={agent_lr} must be > 0"),
             (entropy_coef >= 0, f"entropy_coef={entropy_coef} must be >= 0"),
             (
@@ -204,6 +211,7 @@ class RLPruneCallback(Callback):
         self.agent_lr = agent_lr
         self.entropy_coef = entropy_coef
         self.init_keep = init_keep
+        self.l1_prior = l1_prior
         self.decision = decision
         self.decision_counts = decision_counts
         self.budget_schedule = budget_schedule
@@ -235,7 +243,7 @@ class RLPruneCallback(Callback):
     def hparams(self) -> dict[str, Any]:
         keys = (
             "b", "layers", "start_epoch", "finetune_epochs", "num_samples", "agent_updates", "reward_batches",
-            "reward", "min_keep", "agent_lr", "entropy_coef", "init_keep", "decision", "decision_counts",
+            "reward", "min_keep", "agent_lr", "entropy_coef", "init_keep", "l1_prior", "decision", "decision_counts",
             "budget_schedule", "drop_from", "calibration_batches", "recovery_steps", "recovery_lr", "recovery_batches",
             "p_star_draws", "holdout_batches", "cache", "max_cache_mb", "monitor", "seed",
         )  # fmt: skip
@@ -374,6 +382,7 @@ class RLPruneCallback(Callback):
             lr=self.agent_lr,
             entropy_coef=self.entropy_coef,
             init_keep=self.init_keep,
+            prior_scale=self.l1_prior,
         )
         batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
         holdout = self._holdout(trainer, pl_module)

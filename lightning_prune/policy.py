@@ -1,8 +1,10 @@
 """Per-layer pruning agents (Huang et al. 2018) and their REINFORCE update.
 
 An agent reads a layer's filter weights (one row per filter, standardised over the layer) and outputs a keep
-probability per filter. Each update samples K keep/remove masks, receives one reward per mask, and takes a
-policy-gradient step with the mean reward of the K samples as baseline (optionally with an entropy bonus).
+probability per filter, optionally offset by a fixed prior: the filters' standardised L1 norms (Li et al. 2017),
+so the agent starts from the rule-based ranking and learns where to depart from it. Each update samples K
+keep/remove masks, receives one reward per mask, and takes a policy-gradient step with the mean reward of the K
+samples as baseline (optionally with an entropy bonus).
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ def filter_features(weight: torch.Tensor) -> torch.Tensor:
     """Filters as rows (N x C*k*k), standardised over the whole layer, on the CPU in float32."""
     rows = weight.detach().flatten(1).float().cpu()
     return (rows - rows.mean()) / (rows.std(correction=0) + 1e-8)
+
+
+def l1_prior(weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """Keep-logit offsets: `scale` times each filter's L1 norm, standardised over the layer (0 where all are equal)."""
+    norms = weight.detach().flatten(1).abs().sum(1).float().cpu()
+    return scale * (norms - norms.mean()) / (norms.std(correction=0) + 1e-8)
 
 
 def is_min_keep(value: object) -> bool:
@@ -50,8 +58,9 @@ class LayerAgent(nn.Module):
         nn.init.zeros_(self.net[2].weight)
         nn.init.constant_(self.net[2].bias, math.log(init_keep / (1 - init_keep)))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(features).squeeze(-1))
+    def forward(self, features: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.net(features).squeeze(-1)
+        return torch.sigmoid(logits if prior is None else logits + prior)
 
 
 def sample_masks(probs: torch.Tensor, k: int, generator: torch.Generator, min_keep: int) -> torch.Tensor:
@@ -116,6 +125,7 @@ class LayerSearch:
         lr: Adam learning rate of the agent.
         entropy_coef: weight of the entropy bonus.
         init_keep: initial keep probability.
+        prior_scale: weight of the L1-norm prior in the keep logits (0: every filter starts at `init_keep`).
     """
 
     def __init__(
@@ -126,6 +136,7 @@ class LayerSearch:
         lr: float = 0.05,
         entropy_coef: float = 0.0,
         init_keep: float = 0.9,
+        prior_scale: float = 0.0,
     ) -> None:
         self.min_keep = min_keep
         self.entropy_coef = entropy_coef
@@ -133,6 +144,7 @@ class LayerSearch:
         # trainable tensors even when created in a validation hook (inference mode)
         with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
             self.features = filter_features(weight)
+            self.prior = l1_prior(weight, prior_scale)
             torch.manual_seed(seed)
             self.agent = LayerAgent(self.features.shape[1], init_keep=init_keep)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=lr)
@@ -144,7 +156,7 @@ class LayerSearch:
 
     def probs(self) -> torch.Tensor:
         with torch.no_grad():
-            return self.agent(self.features)
+            return self.agent(self.features, self.prior)
 
     def sample(self, k: int) -> torch.Tensor:
         return sample_masks(self.probs(), k, self.generator, self.min_keep)
@@ -152,7 +164,9 @@ class LayerSearch:
     def update(self, masks: torch.Tensor, rewards: torch.Tensor) -> None:
         with torch.enable_grad(), torch.inference_mode(False):
             # clones: masks/rewards made in inference mode cannot be saved for backward
-            loss = reinforce_loss(self.agent(self.features), masks.clone(), rewards.float().clone(), self.entropy_coef)
+            loss = reinforce_loss(
+                self.agent(self.features, self.prior), masks.clone(), rewards.float().clone(), self.entropy_coef
+            )
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -10,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytorch_lightning as pl
@@ -25,6 +27,8 @@ logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*number of training batches.*logging interval.*")
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
 #: Conv groups pruned in the fast tests, per built-in model (each a different kind of coupling).
 LAYERS = {
     "vgg11": ["features.4", "features.8"],
@@ -32,6 +36,14 @@ LAYERS = {
     "mobilenetv2_small": ["features.2.conv.1.0", "features.3.conv.2.0"],  # depthwise, then a projection
     "inception_small": ["inception1.branch1.0", "inception1.branch2.1.0"],  # two slices of a concatenation
 }
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script `benchmarks/<name>.py` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextmanager

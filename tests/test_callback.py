@@ -99,6 +99,25 @@ def test_reward_decision_removes_the_least_likely_filters(tmp_path, trained_vgg)
             assert probs[gone].max() <= probs[~gone].min()
 
 
+def test_l1_prior_starts_the_agents_from_the_l1_ranking(tmp_path, trained_vgg):
+    """With a strong `l1_prior` and an agent that barely learns, the cut removes the layer's lowest-norm filters."""
+    module = copy.deepcopy(trained_vgg)
+    first = LAYERS["vgg11"][0]
+    norms = module.model.get_submodule(first).weight.detach().abs().sum((1, 2, 3))
+    callback = RLPruneCallback(
+        b=2.0, layers=[first], finetune_epochs=0, reward_batches=1, init_keep=0.6, l1_prior=5.0, agent_lr=1e-6
+    )
+    fast_trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1).fit(
+        module, datamodule=tiny_data(batch_size=500, augment=False)
+    )
+    record = callback.history[0]
+    assert torch.equal(torch.tensor(record["keep_probs"]).argsort(), norms.argsort())
+    removed = [idxs for name, _, idxs in steps(module) if name == first]
+    if removed:  # the cut, if any, takes the lowest norms
+        assert sorted(removed[0]) == norms.argsort()[: len(removed[0])].sort().values.tolist()
+    assert callback.hparams["l1_prior"] == 5.0
+
+
 def _fit_recovered(tmp_path, module: ImageClassifier, batch_size: int = 500, **kwargs) -> RLPruneCallback:
     """Both VGG-11 layers pruned at epoch 0 with `b = 4` and a 3-step recovered decision (keyword arguments
     override the callback's); the callback after."""
@@ -265,6 +284,7 @@ def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
         ({"recovery_lr": 0.0}, "recovery_lr=0.0 must be > 0"),
         ({"recovery_batches": 0}, "recovery_batches=0 must be >= 1"),
         ({"p_star_draws": 0}, "p_star_draws=0 must be >= 1"),
+        ({"l1_prior": -0.5}, "l1_prior=-0.5 must be >= 0"),
         ({"holdout_batches": -1}, "holdout_batches=-1 must be >= 0"),
         ({"recovery_steps": 5, "decision": "greedy"}, "decision='greedy' scores none: use decision='reward'"),
     ],

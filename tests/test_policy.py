@@ -10,6 +10,7 @@ from lightning_prune.policy import (
     LayerSearch,
     entropy,
     filter_features,
+    l1_prior,
     log_prob,
     min_keep_count,
     most_likely_mask,
@@ -35,6 +36,38 @@ def test_agent_starts_at_init_keep(init_keep: float) -> None:
     probs = agent(filter_features(torch.randn(10, 3, 3, 3)))
     assert probs.shape == (10,)
     torch.testing.assert_close(probs, torch.full((10,), init_keep))
+
+
+def test_l1_prior_is_the_scaled_standardised_l1_norm() -> None:
+    weight = torch.stack([torch.full((2, 3, 3), v) for v in (1.0, 2.0, 3.0)])  # L1 norms 18, 36, 54
+    torch.testing.assert_close(l1_prior(weight, 2.0), 2.0 * torch.tensor([-1.0, 0.0, 1.0]) / (2 / 3) ** 0.5)
+    torch.testing.assert_close(l1_prior(torch.ones(4, 2, 3, 3), 5.0), torch.zeros(4))  # equal norms: no offset
+    torch.testing.assert_close(l1_prior(weight, 0.0), torch.zeros(3))
+
+
+def test_prior_ranks_filters_by_l1_norm_before_any_update() -> None:
+    weight = torch.randn(8, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    norms = weight.abs().sum((1, 2, 3))
+    search = LayerSearch(weight, min_keep=1, seed=0, init_keep=0.8, prior_scale=1.0)
+    probs = search.probs()
+    assert torch.equal(probs.argsort(), norms.argsort())
+    assert ranked_masks(probs, 1, 8)[2].nonzero().squeeze(1).tolist() == sorted(norms.argsort()[-3:].tolist())
+    plain = LayerSearch(weight, min_keep=1, seed=0, init_keep=0.8).probs()
+    torch.testing.assert_close(plain, torch.full((8,), 0.8))
+
+
+def test_agent_learns_to_depart_from_the_prior() -> None:
+    """Rewards that favour removing the highest-norm filters overturn the L1 ranking."""
+    weight = torch.randn(12, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    useless = torch.zeros(12, dtype=torch.bool)
+    useless[weight.abs().sum((1, 2, 3)).argsort()[-4:]] = True
+    search = LayerSearch(weight, 1, seed=0, lr=0.1, init_keep=0.8, prior_scale=1.0)
+    assert search.decision()[useless].all()  # the prior keeps them at first
+    for _ in range(60):
+        masks = search.sample(16)
+        removed = ~masks
+        search.update(masks, (removed & useless).sum(1).float() - 2.0 * (removed & ~useless).sum(1).float())
+    assert torch.equal(search.decision(), ~useless)
 
 
 def test_sample_masks_respect_min_keep_for_any_seed() -> None:

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 from lightning_prune import ImageClassifier
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bsweep():
-    return _load("bsweep")
+    return load_benchmark("bsweep")
 
 
 def _argv(tmp_path: Path, *methods: str) -> list[str]:
@@ -59,7 +50,9 @@ def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
     # The RL run's allocation, retrained from the baseline, has the RL network's shape.
     (summary,) = (tmp_path / "work").glob("rl_b50.0/*/pruning_summary.json")
     flags = [a for a in _argv(tmp_path)[:-2] if a != "--methods"]  # the sweep's flags but its --output
-    _load("allocation").main([*flags, "--summary", str(summary), "--output", str(tmp_path / "allocation.json")])
+    load_benchmark("allocation").main(
+        [*flags, "--summary", str(summary), "--output", str(tmp_path / "allocation.json")]
+    )
     (retrained,) = json.loads((tmp_path / "allocation.json").read_text())["runs"]
     assert (retrained["method"], retrained["b"]) == ("rl_allocation", 50.0)
     assert retrained["macs"] == retrained["rl_final_macs"] == rl["macs"] and retrained["params"] == rl["params"]
@@ -101,21 +94,32 @@ def test_distillation_teaches_every_method_while_it_fine_tunes(bsweep, tmp_path,
         bsweep.parse(["--distill-weight", "-1"])
 
 
-def test_start_epoch_lets_the_unpruned_network_fine_tune_before_the_search(bsweep, tmp_path, monkeypatch) -> None:
-    starts = []
+@pytest.mark.parametrize(
+    ("flags", "key", "value", "bad"),
+    [
+        # the unpruned network fine-tunes before the search; the last epoch of --finetune-epochs 8 is 7
+        (
+            ["--start-epoch", "1", "--epochs-per-layer", "0"], "start_epoch", 1,
+            [["--start-epoch", "-1"], ["--start-epoch", "8"]],
+        ),
+        (["--l1-prior", "2"], "l1_prior", 2.0, [["--l1-prior", "-1"]]),
+    ],
+)  # fmt: skip
+def test_rl_flags_reach_the_callback(bsweep, tmp_path, monkeypatch, flags, key, value, bad) -> None:
+    seen = []
 
     class Spy(bsweep.TimedRLPrune):
         def __init__(self, **kwargs) -> None:
             super().__init__(**kwargs)
-            starts.append(kwargs["start_epoch"])
+            seen.append(kwargs[key])
 
     monkeypatch.setattr(bsweep, "TimedRLPrune", Spy)
-    bsweep.main([*_argv(tmp_path), "--start-epoch", "1", "--epochs-per-layer", "0"])
+    bsweep.main([*_argv(tmp_path), *flags])
     results = json.loads((tmp_path / "sweep.json").read_text())
-    assert starts == [1] and results["protocol"]["start_epoch"] == 1 and len(results["runs"]) == 1
-    for bad in ("-1", "8"):  # the last epoch of --finetune-epochs 8 is 7
+    assert seen == [value] and results["protocol"][key] == value and len(results["runs"]) == 1
+    for argv in bad:
         with pytest.raises(SystemExit):
-            bsweep.parse(["--start-epoch", bad, "--finetune-epochs", "8"])
+            bsweep.parse([*argv, "--finetune-epochs", "8"])
 
 
 def test_margins_pair_each_rl_run_with_the_methods_run_at_its_b_and_seed(bsweep) -> None:
