@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lightning_prune import ImageClassifier
-from lightning_prune.policy import LayerSearch
+from lightning_prune.policy import LayerSearch, l1_prior
 
 
 def rank_corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -34,14 +34,14 @@ def drift(weight: torch.Tensor, lr: float, prior: float, args: argparse.Namespac
     """One agent trained on noise rewards: its logit shift, saturation and agreement with the L1 ranking."""
     search = LayerSearch(weight, min_keep=1, seed=seed, lr=lr, init_keep=args.init_keep, prior_scale=prior)
     noise = torch.Generator().manual_seed(10_000 + seed)
-    start = search.probs().clamp(1e-6, 1 - 1e-6).logit()
+    start = search.probs().logit(eps=1e-6)
     for _ in range(args.updates):
         search.update(search.sample(args.num_samples), torch.randn(args.num_samples, generator=noise))
     probs = search.probs()
     return {
-        "logit_shift_std": float((probs.clamp(1e-6, 1 - 1e-6).logit() - start).std()),
+        "logit_shift_std": float((probs.logit(eps=1e-6) - start).std()),
         "saturated": float(((probs < 0.01) | (probs > 0.99)).float().mean()),
-        "l1_rank_corr": rank_corr(probs, weight.abs().sum((1, 2, 3))),
+        "l1_rank_corr": rank_corr(probs, l1_prior(weight, 1.0)),
     }
 
 
