@@ -13,8 +13,8 @@ The reward uses the validation split held out from the training data; the report
 epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`).
 
 Each finished run is written to the results JSON as it completes and skipped on a rerun, so a sweep can span
-several sittings. The recorded CPU sweep (the complete Fashion-MNIST, about 80 minutes on 2 cores once the
-baseline exists):
+several sittings; `--merge` joins the results files of sweeps of one baseline run side by side (one per b, say).
+The recorded CPU sweep (the complete Fashion-MNIST, about 80 minutes on 2 cores once the baseline exists):
 
     python benchmarks/bsweep.py --model vgg16 --width 0.25 --dataset fashion-mnist \\
         --data-dir ../shared/data/fashion-mnist --baseline-epochs 15 --finetune-epochs 16 \\
@@ -342,6 +342,33 @@ def margins(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One results dict of the runs of several sweeps of one baseline (e.g. one process per b, which cannot share
+    an output file). The protocol is the first file's, without the flags that differ per run (each run records its
+    b and seed)."""
+    merged = json.loads(paths[0].read_text())
+    for key in ("b", "seed", "output"):
+        merged["protocol"].pop(key, None)
+    merged["merged_from"] = [str(p) for p in paths]
+    seen = {(r["method"], r["b"], r["seed"], r.get("macs_target")) for r in merged["runs"]}
+    for path in paths[1:]:
+        other = json.loads(path.read_text())
+        for key in ("model", "dataset", "split_seed", "baseline"):
+            if other[key] != merged[key]:
+                raise SystemExit(
+                    f"{path} has {key} {other[key]!r}, {paths[0]} has {merged[key]!r}: only sweeps of one "
+                    "baseline checkpoint (same --work) can be merged."
+                )
+        for run in other["runs"]:
+            key = (run["method"], run["b"], run["seed"], run.get("macs_target"))
+            if key in seen:
+                raise SystemExit(f"{path} repeats the run {key} (method, b, seed, MACs target): merge each run once.")
+            seen.add(key)
+            merged["runs"].append(run)
+    merged["runs"].sort(key=lambda r: (r["b"] is None, r["b"] or 0, r.get("macs_target") or 0, r["seed"]))
+    return merged
+
+
 def _cell(values: list[float], spec: str = "+.2f") -> str:
     """The mean of `values` formatted by `spec`, followed by the values themselves when there are several."""
     mean = format(sum(values) / len(values), spec)
@@ -413,6 +440,9 @@ def report(path: Path) -> str:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report", type=Path, help="print the Markdown table of a results JSON and write its plot")
+    p.add_argument(
+        "--merge", type=Path, nargs="+", help="write the runs of these results JSONs (one baseline) to --output"
+    )
     p.add_argument("--model", default="vgg16")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10", "cifar100", "embedded"])
@@ -532,6 +562,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.report:
         print(report(args.report))
+        return
+    if args.merge:
+        Path(args.output).write_text(json.dumps(merge(args.merge), indent=2))
         return
     print(json.dumps(sweep(args), indent=2))
 

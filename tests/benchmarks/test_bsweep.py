@@ -142,6 +142,28 @@ def test_margins_pair_each_rl_run_with_the_methods_run_at_its_b_and_seed(bsweep)
     assert bsweep._cell([0.1, -0.5]) == "-0.20 (+0.10, -0.50)" and bsweep._cell([60.0], ".1f") == "60.0"
 
 
+def test_merge_joins_the_runs_of_one_baseline_and_refuses_others(bsweep, tmp_path) -> None:
+    def sweep(name: str, b: float, seeds: list[int], baseline_acc: float = 93.0) -> Path:
+        path = tmp_path / f"{name}.json"
+        runs = [{"method": m, "b": b, "seed": s} for s in seeds for m in ("rl", "l1_uniform")]
+        head = {"model": "vgg16", "dataset": "fashion-mnist", "split_seed": 0, "baseline": {"test_acc": baseline_acc}}
+        path.write_text(json.dumps({**head, "protocol": {"b": [b], "seed": seeds[-1], "lr": 0.05}, "runs": runs}))
+        return path
+
+    two, one = sweep("b2", 2.0, [1]), sweep("b1", 1.0, [0, 1])
+    bsweep.main(["--merge", str(two), str(one), "--output", str(tmp_path / "merged.json")])
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert [(r["b"], r["seed"], r["method"]) for r in merged["runs"]] == [
+        (1.0, 0, "rl"), (1.0, 0, "l1_uniform"), (1.0, 1, "rl"), (1.0, 1, "l1_uniform"), (2.0, 1, "rl"),
+        (2.0, 1, "l1_uniform"),
+    ]  # fmt: skip
+    assert merged["protocol"] == {"lr": 0.05} and merged["merged_from"] == [str(two), str(one)]
+    with pytest.raises(SystemExit, match="has baseline .* only sweeps of one baseline checkpoint"):
+        bsweep.merge([one, sweep("other", 3.0, [0], baseline_acc=92.0)])
+    with pytest.raises(SystemExit, match=r"repeats the run \('rl', 1.0, 0, None\)"):
+        bsweep.merge([one, sweep("again", 1.0, [0])])
+
+
 @pytest.mark.parametrize("method", ["l1_uniform", "random", "magnitude_global"])
 def test_rule_based_pruning_shrinks_the_model_and_leaves_it_in_train_mode(bsweep, method) -> None:
     module = ImageClassifier("vgg11", num_classes=10, in_channels=1, model_kwargs={"width": 0.125})
