@@ -45,6 +45,7 @@ from lightning_prune.data import (
 )
 from lightning_prune.distill import Distiller
 from lightning_prune.measure import latency_ms, model_cost
+from lightning_prune.policy import is_min_keep
 
 RULE_BASED = ("l1_uniform", "random", "magnitude_global")
 MATCHED = (*RULE_BASED, "distribution")
@@ -162,6 +163,7 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
         reward=args.reward,
         init_keep=args.init_keep,
         l1_prior=args.l1_prior,
+        min_keep=args.min_keep,
         agent_lr=args.agent_lr,
         decision=args.decision,
         budget_schedule=args.budget_schedule,
@@ -437,6 +439,11 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _min_keep(text: str) -> int | float:
+    """`--min-keep`: a count when written without a point, else a fraction."""
+    return float(text) if "." in text else int(text)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report", type=Path, help="print the Markdown table of a results JSON and write its plot")
@@ -472,6 +479,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reward", default="huang", choices=["huang", "yang"], help="RLPruneCallback's reward")
     p.add_argument("--init-keep", type=float, default=0.9, help="RLPruneCallback's initial keep probability")
     p.add_argument("--agent-lr", type=float, default=0.05, help="RLPruneCallback's agent learning rate")
+    p.add_argument(
+        "--min-keep",
+        type=_min_keep,
+        default=0.1,
+        help="RLPruneCallback's filters every layer keeps: a count (e.g. 4) or a fraction with a point (e.g. 0.25)",
+    )
     p.add_argument(
         "--l1-prior", type=float, default=0.0, help="RLPruneCallback's weight of the filters' L1 norms in the agents"
     )
@@ -548,6 +561,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.start_epoch < args.finetune_epochs:
         p.error(f"--start-epoch {args.start_epoch} must be >= 0 and below --finetune-epochs {args.finetune_epochs}")
+    if not is_min_keep(args.min_keep):
+        p.error(f"--min-keep {args.min_keep} must be a count >= 1 (e.g. 4) or a fraction in (0, 1] (e.g. 0.25)")
     if args.l1_prior < 0:
         p.error(f"--l1-prior {args.l1_prior} must be >= 0 (0: the agents start with every filter equal)")
     if args.distill_weight < 0 or args.distill_temperature <= 0:

@@ -103,6 +103,8 @@ def test_distillation_teaches_every_method_while_it_fine_tunes(bsweep, tmp_path,
             [["--start-epoch", "-1"], ["--start-epoch", "8"]],
         ),
         (["--l1-prior", "2"], "l1_prior", 2.0, [["--l1-prior", "-1"]]),
+        (["--min-keep", "4"], "min_keep", 4, [["--min-keep", "0"], ["--min-keep", "1.5"], ["--min-keep", "x"]]),
+        (["--min-keep", "0.25"], "min_keep", 0.25, []),
     ],
 )  # fmt: skip
 def test_rl_flags_reach_the_callback(bsweep, tmp_path, monkeypatch, flags, key, value, bad) -> None:
