@@ -344,6 +344,11 @@ def margins(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _run_order(r: dict[str, Any]) -> tuple:
+    """Runs by b (MACs-target runs last), MACs target, seed, RL first."""
+    return r["b"] is None, r["b"] or 0, r.get("macs_target") or 0, r["seed"], r["method"] != "rl"
+
+
 def merge(paths: list[Path]) -> dict[str, Any]:
     """One results dict of the runs of several sweeps of one baseline (e.g. one process per b, which cannot share
     an output file). The protocol is the first file's, without the flags that differ per run (each run records its
@@ -367,7 +372,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
                 raise SystemExit(f"{path} repeats the run {key} (method, b, seed, MACs target): merge each run once.")
             seen.add(key)
             merged["runs"].append(run)
-    merged["runs"].sort(key=lambda r: (r["b"] is None, r["b"] or 0, r.get("macs_target") or 0, r["seed"]))
+    merged["runs"].sort(key=_run_order)
     return merged
 
 
@@ -399,10 +404,7 @@ def report(path: Path) -> str:
         rows = sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["macs"])
         ax.plot([r["macs"] / 1e6 for r in rows], [r["test_acc"] for r in rows], "o-", label=method)
 
-    def order(r: dict[str, Any]) -> tuple:
-        return r["b"] is None, r["b"] or 0, r.get("macs_target") or 0, r["seed"], r["method"] != "rl"
-
-    for r in sorted(results["runs"], key=order):
+    for r in sorted(results["runs"], key=_run_order):
         b = "-" if r["b"] is None else r["b"]
         lines.append(
             f"| {r['method']} | {b} | {r['seed']} | {r['test_acc']:.2f} | {base['test_acc'] - r['test_acc']:.2f} | "
@@ -439,7 +441,7 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
-def _min_keep(text: str) -> int | float:
+def count_or_fraction(text: str) -> int | float:
     """`--min-keep`: a count when written without a point, else a fraction."""
     return float(text) if "." in text else int(text)
 
@@ -481,7 +483,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--agent-lr", type=float, default=0.05, help="RLPruneCallback's agent learning rate")
     p.add_argument(
         "--min-keep",
-        type=_min_keep,
+        type=count_or_fraction,
         default=0.1,
         help="RLPruneCallback's filters every layer keeps: a count (e.g. 4) or a fraction with a point (e.g. 0.25)",
     )
