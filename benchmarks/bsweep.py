@@ -357,7 +357,8 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     for key in ("b", "seed", "output"):
         merged["protocol"].pop(key, None)
     merged["merged_from"] = [str(p) for p in paths]
-    seen = {(r["method"], r["b"], r["seed"], r.get("macs_target")) for r in merged["runs"]}
+    runs = merged.setdefault("runs", [])  # a sweep stopped before its first run finished has none
+    seen = {(r["method"], r["b"], r["seed"], r.get("macs_target")) for r in runs}
     for path in paths[1:]:
         other = json.loads(path.read_text())
         for key in ("model", "dataset", "split_seed", "baseline"):
@@ -366,13 +367,13 @@ def merge(paths: list[Path]) -> dict[str, Any]:
                     f"{path} has {key} {other[key]!r}, {paths[0]} has {merged[key]!r}: only sweeps of one "
                     "baseline checkpoint (same --work) can be merged."
                 )
-        for run in other["runs"]:
+        for run in other.get("runs", []):
             key = (run["method"], run["b"], run["seed"], run.get("macs_target"))
             if key in seen:
                 raise SystemExit(f"{path} repeats the run {key} (method, b, seed, MACs target): merge each run once.")
             seen.add(key)
-            merged["runs"].append(run)
-    merged["runs"].sort(key=_run_order)
+            runs.append(run)
+    runs.sort(key=_run_order)
     return merged
 
 

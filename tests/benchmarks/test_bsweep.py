@@ -166,6 +166,15 @@ def test_merge_joins_the_runs_of_one_baseline_and_refuses_others(bsweep, tmp_pat
         bsweep.merge([one, sweep("again", 1.0, [0])])
 
 
+def test_merge_takes_a_sweep_stopped_before_its_first_run(bsweep, tmp_path) -> None:
+    head = {"model": "resnet56", "dataset": "fashion-mnist", "split_seed": 0, "baseline": {"test_acc": 93.0}}
+    empty, done = tmp_path / "b1.json", tmp_path / "b2.json"
+    empty.write_text(json.dumps({**head, "protocol": {}}))  # written once the baseline was measured
+    run = {"method": "rl", "b": 2.0, "seed": 0}
+    done.write_text(json.dumps({**head, "protocol": {}, "runs": [run]}))
+    assert bsweep.merge([empty, done])["runs"] == [run] and bsweep.merge([empty])["runs"] == []
+
+
 @pytest.mark.parametrize("method", ["l1_uniform", "random", "magnitude_global"])
 def test_rule_based_pruning_shrinks_the_model_and_leaves_it_in_train_mode(bsweep, method) -> None:
     module = ImageClassifier("vgg11", num_classes=10, in_channels=1, model_kwargs={"width": 0.125})
