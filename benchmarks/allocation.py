@@ -1,5 +1,10 @@
-"""An RL run's allocation retrained from the baseline: each layer cut once, before fine-tuning, to the filter count
-the run kept (the L1-norm ranking picks which filters), then the b-sweep's fine-tuning budget.
+"""Allocations retrained from the baseline: each layer cut once, before fine-tuning, to a filter count (the L1-norm
+ranking picks which filters), then the b-sweep's fine-tuning budget.
+
+The counts are an RL run's (`--summary`), or a tilted family (`--tilt T... --macs-removed F...`): layer i of L keeps
+`scale * exp(T * (i / (L - 1) - 1/2))` of its filters (at least one, at most all), `scale` set by bisection so the
+network loses the fraction F of its MACs. T = 0 is a uniform ratio; T < 0 keeps more of the early layers, where the
+MACs are, and cuts the late ones deeper, where the parameters are; T > 0 the reverse.
 
 It separates what the RL search chose (how many filters each layer keeps) from how its run trained: pruned layer by
 layer with fine-tuning between the layers, an RL run trains its final network as a whole only after the last cut,
@@ -12,12 +17,14 @@ Each RL run of a sweep writes its `pruning_summary.json` into its log folder, `<
         --output benchmarks/results/vgg16w025_fashion_mnist_recovered_allocation.json \\
         --model vgg16 --width 0.25 --dataset fashion-mnist --data-dir ../shared/data/fashion-mnist \\
         --finetune-epochs 16 --limit-train-batches 0.25 --work benchmarks/work/vgg16w025_fm
+    python benchmarks/allocation.py --tilt -2 0 2 --macs-removed 0.7 --output tilts.json ...  # the same flags
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bsweep  # noqa: E402
 
 from lightning_prune import ImageClassifier, surgery  # noqa: E402
+from lightning_prune.measure import model_cost  # noqa: E402
 
 
 def cut_to_counts(module: ImageClassifier, layers: list[dict[str, Any]]) -> None:
@@ -42,28 +50,86 @@ def cut_to_counts(module: ImageClassifier, layers: list[dict[str, Any]]) -> None
             module.plan.steps.append(list(surgery.prune_step(model, graph, [layer["name"], True, removed])))
 
 
-def retrain(args: argparse.Namespace, dm: pl.LightningDataModule, summary_path: Path) -> dict[str, Any]:
-    summary = json.loads(summary_path.read_text())
+def tilted_counts(sizes: list[int], tilt: float, scale: float) -> list[int]:
+    """Filters each layer keeps: `scale * exp(tilt * (i / (L - 1) - 1/2))` of layer i's `sizes[i]`, in [1, size]."""
+    last = max(len(sizes) - 1, 1)
+    return [min(n, max(1, round(n * scale * math.exp(tilt * (i / last - 0.5))))) for i, n in enumerate(sizes)]
+
+
+def _baseline(args: argparse.Namespace, source: object) -> Path:
     base = Path(args.work) / "baseline.ckpt"
     if not base.exists():
-        raise SystemExit(
-            f"{base} does not exist: pass the --work folder of the sweep whose RL run wrote {summary_path}"
-        )
+        raise SystemExit(f"{base} does not exist: pass the --work folder of the sweep whose baseline {source} uses")
+    return base
+
+
+def _cut_baseline(base: Path, layers: list[dict[str, Any]], **overrides: Any) -> ImageClassifier:
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **overrides)
+    cut_to_counts(module, layers)
+    return module
+
+
+def tilted_layers(base: Path, tilt: float, macs_removed: float) -> list[dict[str, Any]]:
+    """The tilted allocation whose MACs come closest to `1 - macs_removed` of the baseline's (bisection on scale)."""
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu")
+    model = module.model
+    x = surgery.example_input(model, module.plan.input_shape)
+    groups = surgery.channel_groups(model, surgery.build_graph(model, x), x)
+    target = (1 - macs_removed) * model_cost(model, x).macs
+    low, high, best = 0.0, math.exp(abs(tilt) / 2), (math.inf, [])
+    for _ in range(20):
+        scale = (low + high) / 2
+        counts = tilted_counts([g.size for g in groups], tilt, scale)
+        layers = [{"name": g.name, "after": c} for g, c in zip(groups, counts, strict=True)]
+        cut = _cut_baseline(base, layers).model
+        macs = model_cost(cut, surgery.example_input(cut, module.plan.input_shape)).macs
+        best = min(best, (abs(macs - target), layers), key=lambda pair: pair[0])
+        low, high = (scale, high) if macs < target else (low, scale)
+    return best[1]
+
+
+def retrain(
+    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, layers: list[dict[str, Any]], b: float | None
+) -> dict[str, Any]:
+    """Cut the baseline to `layers`' counts and fine-tune it for the sweep's budget."""
     pl.seed_everything(args.seed)
-    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **bsweep.finetune_overrides(args))
-    cut_to_counts(module, summary["layers"])
-    run = bsweep.finetune(args, dm, base, module, "rl_allocation", summary["b"], [])
-    return {**run, "rl_final_macs": summary["final"]["macs"], "summary": str(summary_path), "seed": args.seed}
+    module = _cut_baseline(base, layers, **bsweep.finetune_overrides(args))
+    run = bsweep.finetune(args, dm, base, module, "allocation", b, [])
+    return {**run, "kept": {layer["name"]: layer["after"] for layer in layers}, "seed": args.seed}
+
+
+def retrain_summary(args: argparse.Namespace, dm: pl.LightningDataModule, summary_path: Path) -> dict[str, Any]:
+    summary = json.loads(summary_path.read_text())
+    run = retrain(args, dm, _baseline(args, summary_path), summary["layers"], summary["b"])
+    return {**run, "method": "rl_allocation", "rl_final_macs": summary["final"]["macs"], "summary": str(summary_path)}
+
+
+def retrain_tilted(
+    args: argparse.Namespace, dm: pl.LightningDataModule, tilt: float, macs_removed: float
+) -> dict[str, Any]:
+    base = _baseline(args, "--tilt")
+    run = retrain(args, dm, base, tilted_layers(base, tilt, macs_removed), None)
+    return {**run, "method": "tilted", "tilt": tilt, "macs_target": macs_removed}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--summary", type=Path, nargs="+", required=True, help="pruning_summary.json of RL runs")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--summary", type=Path, nargs="+", help="pruning_summary.json of RL runs")
+    source.add_argument("--tilt", type=float, nargs="+", help="tilts of the tilted family (needs --macs-removed)")
+    p.add_argument("--macs-removed", type=float, nargs="+", default=[], help="fractions of MACs the tilts remove")
     p.add_argument("--output", type=Path, required=True, help="results JSON")
     own, rest = p.parse_known_args(argv)
+    if own.tilt and not own.macs_removed:
+        p.error("--tilt needs --macs-removed: the fractions of the baseline's MACs each tilted allocation removes")
+    if any(not 0 < f < 1 for f in own.macs_removed):
+        p.error(f"--macs-removed {own.macs_removed}: each fraction must lie in (0, 1), e.g. 0.7 for 70 % fewer MACs")
     args = bsweep.parse([*rest, "--output", str(own.output)])
     dm = bsweep.datamodule(args)
-    runs = [retrain(args, dm, path) for path in own.summary]
+    if own.summary:
+        runs = [retrain_summary(args, dm, path) for path in own.summary]
+    else:
+        runs = [retrain_tilted(args, dm, t, f) for f in own.macs_removed for t in own.tilt]
     own.output.parent.mkdir(parents=True, exist_ok=True)
     own.output.write_text(json.dumps({"protocol": vars(args), "runs": runs}, indent=2, default=str))
     print(json.dumps(runs, indent=2))

@@ -495,7 +495,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--decision", default="reward", choices=["reward", "greedy", "budget"], help="RLPruneCallback's decision"
     )
     p.add_argument(
-        "--budget-schedule", default="linear", choices=["linear", "shared"], help="RLPruneCallback's budget schedule"
+        "--budget-schedule",
+        default="linear",
+        choices=["linear", "macs", "shared"],
+        help="RLPruneCallback's budget schedule",
     )
     p.add_argument("--drop-from", default="start", choices=["start", "layer"], help="RLPruneCallback's drop accounting")
     p.add_argument("--decision-counts", type=int, default=16, help="RLPruneCallback's kept counts per decision")

@@ -15,7 +15,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.seed import isolate_rng
 
 from lightning_prune import scoring, surgery, tracking
-from lightning_prune.measure import model_cost
+from lightning_prune.measure import macs_at_stake, model_cost
 from lightning_prune.module import ImageClassifier
 from lightning_prune.policy import LayerSearch, is_min_keep, min_keep_count, ranked_masks
 from lightning_prune.reward import REWARDS, budget_at, charged, fewest_within
@@ -88,7 +88,10 @@ class RLPruneCallback(Callback):
             `budget_schedule="linear"`: with "shared" the first group may spend all of `b`.
         decision_counts: kept counts tried by `decision="reward"` and `"budget"`.
         budget_schedule: "linear": the i-th of L pruned layers may bring the drop from `p*` to `b * i / L`
-            (unused budget carries over); "shared": every layer may use all of `b` that earlier layers left.
+            (unused budget carries over); "macs": each layer's share is in proportion to the MACs its filters
+            cost in the unpruned model (`measure.macs_at_stake`), so a small first layer gets a small share and
+            the layers that hold the MACs most of it; "shared": every layer may use all of `b` that earlier
+            layers left.
         drop_from: "start": a candidate's drop is `p* - p`, so whatever the model lost while training between
             groups counts too; "layer": it is the drop from the group's own unpruned score (recovered, with
             `recovery_steps`) plus the drops the earlier groups' decisions were charged, so only cuts are charged
@@ -142,7 +145,7 @@ class RLPruneCallback(Callback):
         l1_prior: float = 0.0,
         decision: Literal["reward", "greedy", "budget"] = "reward",
         decision_counts: int = 16,
-        budget_schedule: Literal["linear", "shared"] = "linear",
+        budget_schedule: Literal["linear", "macs", "shared"] = "linear",
         drop_from: Literal["start", "layer"] = "start",
         calibration_batches: int = 4,
         recovery_steps: int = 0,
@@ -174,8 +177,8 @@ class RLPruneCallback(Callback):
             ),
             (drop_from in ("start", "layer"), f"drop_from={drop_from!r} is unknown: use 'start' or 'layer'"),
             (
-                budget_schedule in ("linear", "shared"),
-                f"budget_schedule={budget_schedule!r} is unknown: use 'linear' or 'shared'",
+                budget_schedule in ("linear", "macs", "shared"),
+                f"budget_schedule={budget_schedule!r} is unknown: use 'linear', 'macs' or 'shared'",
             ),
             (decision_counts >= 2, f"decision_counts={decision_counts} must be >= 2 (kept counts to try)"),
             (calibration_batches >= 0, f"calibration_batches={calibration_batches} must be >= 0 (0 turns it off)"),
@@ -230,6 +233,7 @@ class RLPruneCallback(Callback):
 
     def _reset_state(self) -> None:
         self.groups: list[str] = []
+        self.stakes: list[int] | None = None  # MACs at stake per group, for budget_schedule="macs"
         self.done = 0
         self.p_star: float | None = None
         self.baseline: dict[str, Any] | None = None
@@ -276,6 +280,8 @@ class RLPruneCallback(Callback):
             except ValueError as err:
                 raise MisconfigurationException(f"RLPruneCallback: {err}") from err
             self.groups = [g.name for g in chosen]
+            if self.budget_schedule == "macs":
+                self.stakes = macs_at_stake(model, inputs, self.groups)
             sizes = {g.name: g.size for g in chosen}
             if isinstance(self.min_keep, int):
                 small = {n: s for n, s in sizes.items() if s <= self.min_keep}
@@ -533,7 +539,7 @@ class RLPruneCallback(Callback):
         return torch.tensor([reward_fn(p_ref, a + offset, budget, size, k) for a, k in zip(accs, kept, strict=True)])
 
     def _budget(self) -> float:
-        return budget_at(self.b, len(self.history), len(self.groups), self.budget_schedule)
+        return budget_at(self.b, len(self.history), len(self.groups), self.budget_schedule, self.stakes)
 
     def _p_ref(self, reference: float) -> float:
         """The accuracy this layer's drops are measured from: `p*`, or (`drop_from="layer"`) the layer's own
@@ -594,6 +600,7 @@ class RLPruneCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "groups": self.groups,
+            "stakes": self.stakes,
             "done": self.done,
             "p_star": self.p_star,
             "baseline": self.baseline,
@@ -610,6 +617,7 @@ class RLPruneCallback(Callback):
                 "Resume from a checkpoint of an RLPruneCallback run, or start the run without ckpt_path."
             )
         self.groups = list(state_dict["groups"])
+        self.stakes = state_dict.get("stakes", self.stakes)  # older checkpoints have none: keep setup's
         self.done = int(state_dict["done"])
         self.p_star = state_dict["p_star"]
         self.baseline = state_dict["baseline"]

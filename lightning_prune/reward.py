@@ -44,17 +44,24 @@ def yang_reward(p_star: float, p: float, b: float, n: int, kept: int) -> float:
     return accuracy_term(p_star, p, b) * n / _check_counts(n, kept)
 
 
-def budget_at(b: float, index: int, count: int, schedule: str = "linear") -> float:
+def budget_at(
+    b: float, index: int, count: int, schedule: str = "linear", weights: Sequence[float] | None = None
+) -> float:
     """The drop from `p*` (points) the network may have reached once the `index`-th (0-based) of `count` layers
     is pruned: "linear" gives layer i its share, `b * (i + 1) / count` in all (what earlier layers left unused
-    carries over); "shared" lets every layer use all of `b` that is left."""
+    carries over); "macs" gives it a share in proportion to `weights[i]` (the MACs its filters cost), so
+    `b * sum(weights[:i + 1]) / sum(weights)`; "shared" lets every layer use all of `b` that is left."""
     if not 0 <= index < count:
         raise ValueError(f"Need 0 <= index < count, got index={index}, count={count}")
     if schedule == "shared":
         return b
     if schedule == "linear":
         return b * (index + 1) / count
-    raise ValueError(f"Unknown budget schedule {schedule!r}: use 'linear' or 'shared'")
+    if schedule == "macs":
+        if weights is None or len(weights) != count or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"The 'macs' schedule needs {count} weights >= 0 with a positive sum, got {weights}")
+        return b * sum(weights[: index + 1]) / sum(weights)
+    raise ValueError(f"Unknown budget schedule {schedule!r}: use 'linear', 'macs' or 'shared'")
 
 
 def charged(drops: Iterable[float]) -> float:

@@ -25,7 +25,8 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_prune import ImageClassifier, RLPruneCallback
+from lightning_prune import ImageClassifier, RLPruneCallback, surgery
+from lightning_prune.measure import macs_at_stake
 from lightning_prune.policy import min_keep_count
 
 
@@ -97,6 +98,20 @@ def test_reward_decision_removes_the_least_likely_filters(tmp_path, trained_vgg)
         assert int(gone.sum()) == record["before"] - record["after"]
         if gone.any():
             assert probs[gone].max() <= probs[~gone].min()
+
+
+def test_macs_schedule_shares_b_by_the_macs_each_layer_costs(tmp_path, trained_vgg):
+    module = copy.deepcopy(trained_vgg)
+    x = surgery.example_input(module.model, module.plan.input_shape)
+    stakes = macs_at_stake(module.model, x, LAYERS["vgg11"])
+    callback = RLPruneCallback(
+        b=2.0, layers=LAYERS["vgg11"], finetune_epochs=0, reward_batches=1, budget_schedule="macs"
+    )
+    fast_trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1).fit(
+        module, datamodule=tiny_data(batch_size=500, augment=False)
+    )
+    assert callback.stakes == stakes and callback.state_dict()["stakes"] == stakes
+    assert [h["budget"] for h in callback.history] == pytest.approx([2.0 * stakes[0] / sum(stakes), 2.0])
 
 
 def test_l1_prior_starts_the_agents_from_the_l1_ranking(tmp_path, trained_vgg):
@@ -278,7 +293,7 @@ def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
         ({"decision": "best"}, "decision='best' is unknown: use 'reward', 'greedy' or 'budget'"),
         ({"drop_from": "end"}, "drop_from='end' is unknown: use 'start' or 'layer'"),
         ({"decision_counts": 1}, "decision_counts=1 must be >= 2"),
-        ({"budget_schedule": "even"}, "budget_schedule='even' is unknown: use 'linear' or 'shared'"),
+        ({"budget_schedule": "even"}, "budget_schedule='even' is unknown: use 'linear', 'macs' or 'shared'"),
         ({"calibration_batches": -1}, "calibration_batches=-1 must be >= 0"),
         ({"recovery_steps": -1}, "recovery_steps=-1 must be >= 0"),
         ({"recovery_lr": 0.0}, "recovery_lr=0.0 must be > 0"),

@@ -81,9 +81,19 @@ def test_budget_schedules() -> None:
     assert [budget_at(2.0, i, 4) for i in range(4)] == [0.5, 1.0, 1.5, 2.0]
     assert [budget_at(2.0, i, 4, "shared") for i in range(4)] == [2.0] * 4
     assert budget_at(3.0, 0, 1) == 3.0  # a single layer gets all of b
+    assert [budget_at(2.0, i, 3, "macs", [1, 3, 0]) for i in range(3)] == [0.5, 2.0, 2.0]  # in proportion to MACs
 
 
-@pytest.mark.parametrize(("args", "match"), [((1.0, 4, 4), "index=4, count=4"), ((1.0, 0, 2, "cubic"), "'cubic'")])
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((1.0, 4, 4), "index=4, count=4"),
+        ((1.0, 0, 2, "cubic"), "'cubic'"),
+        ((1.0, 0, 2, "macs"), "needs 2 weights"),
+        ((1.0, 0, 2, "macs", [1.0]), "needs 2 weights"),
+        ((1.0, 0, 2, "macs", [0.0, 0.0]), "positive sum"),
+    ],
+)
 def test_bad_budget_arguments(args, match) -> None:
     with pytest.raises(ValueError, match=match):
         budget_at(*args)

@@ -1,0 +1,47 @@
+"""`benchmarks/allocation.py`: the tilted family of allocations, cut from a sweep's baseline and fine-tuned."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def allocation():
+    return load_benchmark("allocation")
+
+
+def test_tilted_counts_are_uniform_at_zero_and_lean_with_the_tilt(allocation) -> None:
+    sizes = [16, 32, 64, 128]
+    assert allocation.tilted_counts(sizes, 0.0, 0.5) == [8, 16, 32, 64]
+    early, late = allocation.tilted_counts(sizes, -2.0, 0.5), allocation.tilted_counts(sizes, 2.0, 0.5)
+    assert early[0] > 8 > late[0] and early[-1] < 64 < late[-1]
+    assert allocation.tilted_counts(sizes, -4.0, 1.0)[0] == 16  # at most every filter
+    assert allocation.tilted_counts(sizes, 0.0, 0.001) == [1, 1, 1, 1]  # at least one
+
+
+def test_tilted_allocations_reach_the_macs_asked_for(allocation, tmp_path) -> None:
+    bsweep = load_benchmark("bsweep")
+    flags = [
+        "--dataset", "embedded", "--model", "vgg11", "--width", "0.125", "--baseline-epochs", "1",
+        "--finetune-epochs", "1", "--limit-train-batches", "0.1", "--latency-repeats", "1", "--accelerator", "cpu",
+        "--work", str(tmp_path),
+    ]  # fmt: skip
+    args = bsweep.parse([*flags, "--output", str(tmp_path / "unused.json")])
+    baseline = bsweep.train_baseline(args, bsweep.datamodule(args), tmp_path / "baseline.ckpt")
+
+    allocation.main([*flags, "--tilt", "-2", "0", "--macs-removed", "0.5", "--output", str(tmp_path / "tilts.json")])
+    leaning, uniform = json.loads((tmp_path / "tilts.json").read_text())["runs"]
+    for run, tilt in ((leaning, -2.0), (uniform, 0.0)):
+        assert (run["method"], run["tilt"], run["macs_target"], run["b"]) == ("tilted", tilt, 0.5, None)
+        assert abs(run["macs"] - 0.5 * baseline["macs"]) <= 0.1 * baseline["macs"]
+        assert 0.0 <= run["test_acc"] <= 100.0
+    first, last = next(iter(uniform["kept"])), list(uniform["kept"])[-1]
+    assert leaning["kept"][first] > uniform["kept"][first] and leaning["kept"][last] < uniform["kept"][last]
+
+    with pytest.raises(SystemExit):
+        allocation.main([*flags, "--tilt", "0", "--output", str(tmp_path / "x.json")])  # no --macs-removed
+    with pytest.raises(SystemExit):
+        allocation.main([*flags, "--tilt", "0", "--macs-removed", "70", "--output", str(tmp_path / "x.json")])
