@@ -56,10 +56,10 @@ def tilted_counts(sizes: list[int], tilt: float, scale: float) -> list[int]:
     return [min(n, max(1, round(n * scale * math.exp(tilt * (i / last - 0.5))))) for i, n in enumerate(sizes)]
 
 
-def _baseline(args: argparse.Namespace, source: object) -> Path:
+def _baseline(args: argparse.Namespace, which: str) -> Path:
     base = Path(args.work) / "baseline.ckpt"
     if not base.exists():
-        raise SystemExit(f"{base} does not exist: pass the --work folder of the sweep whose baseline {source} uses")
+        raise SystemExit(f"{base} does not exist: pass the --work folder of {which}")
     return base
 
 
@@ -100,14 +100,15 @@ def retrain(
 
 def retrain_summary(args: argparse.Namespace, dm: pl.LightningDataModule, summary_path: Path) -> dict[str, Any]:
     summary = json.loads(summary_path.read_text())
-    run = retrain(args, dm, _baseline(args, summary_path), summary["layers"], summary["b"])
+    base = _baseline(args, f"the sweep whose RL run wrote {summary_path}")
+    run = retrain(args, dm, base, summary["layers"], summary["b"])
     return {**run, "method": "rl_allocation", "rl_final_macs": summary["final"]["macs"], "summary": str(summary_path)}
 
 
 def retrain_tilted(
     args: argparse.Namespace, dm: pl.LightningDataModule, tilt: float, macs_removed: float
 ) -> dict[str, Any]:
-    base = _baseline(args, "--tilt")
+    base = _baseline(args, "a b-sweep (bsweep.py trains its baseline.ckpt there)")
     run = retrain(args, dm, base, tilted_layers(base, tilt, macs_removed), None)
     return {**run, "method": "tilted", "tilt": tilt, "macs_target": macs_removed}
 
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--macs-removed", type=float, nargs="+", default=[], help="fractions of MACs the tilts remove")
     p.add_argument("--output", type=Path, required=True, help="results JSON")
     own, rest = p.parse_known_args(argv)
+    if own.summary and own.macs_removed:
+        p.error("--macs-removed goes with --tilt: an RL run's allocation (--summary) has the MACs that run reached")
     if own.tilt and not own.macs_removed:
         p.error("--tilt needs --macs-removed: the fractions of the baseline's MACs each tilted allocation removes")
     if any(not 0 < f < 1 for f in own.macs_removed):

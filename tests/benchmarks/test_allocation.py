@@ -45,3 +45,5 @@ def test_tilted_allocations_reach_the_macs_asked_for(allocation, tmp_path) -> No
         allocation.main([*flags, "--tilt", "0", "--output", str(tmp_path / "x.json")])  # no --macs-removed
     with pytest.raises(SystemExit):
         allocation.main([*flags, "--tilt", "0", "--macs-removed", "70", "--output", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="does not exist: pass the --work folder of a b-sweep"):
+        allocation.main([*flags[:-1], str(tmp_path / "none"), "--tilt", "0", "--macs-removed", "0.5", "--output", "x"])
