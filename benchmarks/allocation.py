@@ -23,6 +23,7 @@ Each RL run of a sweep writes its `pruning_summary.json` into its log folder, `<
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -63,12 +64,6 @@ def _baseline(args: argparse.Namespace, which: str) -> Path:
     return base
 
 
-def _cut_baseline(base: Path, layers: list[dict[str, Any]], **overrides: Any) -> ImageClassifier:
-    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **overrides)
-    cut_to_counts(module, layers)
-    return module
-
-
 def tilted_layers(base: Path, tilt: float, macs_removed: float) -> list[dict[str, Any]]:
     """The tilted allocation whose MACs come closest to `1 - macs_removed` of the baseline's (bisection on scale)."""
     module = ImageClassifier.load_from_checkpoint(base, map_location="cpu")
@@ -81,8 +76,9 @@ def tilted_layers(base: Path, tilt: float, macs_removed: float) -> list[dict[str
         scale = (low + high) / 2
         counts = tilted_counts([g.size for g in groups], tilt, scale)
         layers = [{"name": g.name, "after": c} for g, c in zip(groups, counts, strict=True)]
-        cut = _cut_baseline(base, layers).model
-        macs = model_cost(cut, surgery.example_input(cut, module.plan.input_shape)).macs
+        cut = copy.deepcopy(module)
+        cut_to_counts(cut, layers)
+        macs = model_cost(cut.model, x).macs
         best = min(best, (abs(macs - target), layers), key=lambda pair: pair[0])
         low, high = (scale, high) if macs < target else (low, scale)
     return best[1]
@@ -93,7 +89,8 @@ def retrain(
 ) -> dict[str, Any]:
     """Cut the baseline to `layers`' counts and fine-tune it for the sweep's budget."""
     pl.seed_everything(args.seed)
-    module = _cut_baseline(base, layers, **bsweep.finetune_overrides(args))
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **bsweep.finetune_overrides(args))
+    cut_to_counts(module, layers)
     run = bsweep.finetune(args, dm, base, module, "allocation", b, [])
     return {**run, "kept": {layer["name"]: layer["after"] for layer in layers}, "seed": args.seed}
 

@@ -13,7 +13,6 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_prune import surgery
-from lightning_prune.surgery import preserved_modes
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ class ModelCost:
 
 def model_cost(model: nn.Module, example_input: torch.Tensor) -> ModelCost:
     """Count params and MACs with torch-pruning's counter (the one counter used for every comparison)."""
-    with preserved_modes(model):
+    with surgery.preserved_modes(model):
         macs, params = tp.utils.count_ops_and_params(model, example_input[:1])
     return ModelCost(params=int(params), macs=int(macs))
 
@@ -55,7 +54,7 @@ def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 20,
     """Median wall-clock time of one forward pass of `example_input` in eval mode, in milliseconds."""
     x = example_input
     times = []
-    with preserved_modes(model), torch.inference_mode():
+    with surgery.preserved_modes(model), torch.inference_mode():
         model.eval()
         for i in range(warmup + repeats):
             if x.is_cuda:

@@ -56,12 +56,12 @@ def budget_at(
     if schedule == "shared":
         return b
     if schedule == "linear":
-        return b * (index + 1) / count
-    if schedule == "macs":
-        if weights is None or len(weights) != count or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"The 'macs' schedule needs {count} weights >= 0 with a positive sum, got {weights}")
-        return b * sum(weights[: index + 1]) / sum(weights)
-    raise ValueError(f"Unknown budget schedule {schedule!r}: use 'linear', 'macs' or 'shared'")
+        weights = [1] * count  # an equal share per layer
+    elif schedule != "macs":
+        raise ValueError(f"Unknown budget schedule {schedule!r}: use 'linear', 'macs' or 'shared'")
+    if weights is None or len(weights) != count or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"The 'macs' schedule needs {count} weights >= 0 with a positive sum, got {weights}")
+    return b * sum(weights[: index + 1]) / sum(weights)
 
 
 def charged(drops: Iterable[float]) -> float:
