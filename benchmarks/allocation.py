@@ -6,6 +6,12 @@ The counts are an RL run's (`--summary`), or a tilted family (`--tilt T... --mac
 network loses the fraction F of its MACs. T = 0 is a uniform ratio; T < 0 keeps more of the early layers, where the
 MACs are, and cuts the late ones deeper, where the parameters are; T > 0 the reverse.
 
+With `--score-recovered`, nothing is fine-tuned: each allocation is scored the way `RLPruneCallback`'s recovered
+decision scores a candidate (BatchNorm re-estimated on `--calibration-batches` training batches, `--recovery-steps`
+SGD steps at `--recovery-lr`, scored on `--recovery-batches` validation batches), averaged over `--p-star-draws`
+draws of the recovery's training batches, next to the unpruned baseline scored the same way. It asks whether the
+score the search reads ranks allocations as the fine-tuned test accuracy does.
+
 It separates what the RL search chose (how many filters each layer keeps) from how its run trained: pruned layer by
 layer with fine-tuning between the layers, an RL run trains its final network as a whole only after the last cut,
 while the rule-based methods of `bsweep.py` train theirs for the whole budget. Every flag other than `--summary` and
@@ -35,7 +41,7 @@ import pytorch_lightning as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bsweep  # noqa: E402
 
-from lightning_prune import ImageClassifier, surgery  # noqa: E402
+from lightning_prune import ImageClassifier, scoring, surgery  # noqa: E402
 from lightning_prune.measure import model_cost  # noqa: E402
 
 
@@ -84,6 +90,55 @@ def tilted_layers(base: Path, tilt: float, macs_removed: float) -> list[dict[str
     return best[1]
 
 
+def recovered_scores(
+    args: argparse.Namespace, dm: pl.LightningDataModule, module: ImageClassifier, draws: int
+) -> list[float]:
+    """Validation accuracy of `module` after the recovered decision's short recovery, one per draw of training
+    batches (draw s shuffles them with seed `args.seed + s`, as the callback's `p*` draws do)."""
+    model = module.model
+    x = surgery.example_input(model, module.plan.input_shape)
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    calibration = [images for images, _ in scoring.drawn_batches(train, args.calibration_batches, args.seed)]
+    batches = scoring.drawn_batches(val, args.recovery_batches or args.reward_batches)
+    return [
+        scoring.RecoveryScorer(
+            model,
+            surgery.channel_groups(model, surgery.build_graph(model, x), x)[0].name,
+            x,
+            calibration,
+            scoring.drawn_batches(train, args.recovery_steps, args.seed + s, shuffle=True),
+            batches,
+            args.recovery_lr,
+            seed=args.seed + s,
+        ).accuracy()
+        for s in range(draws)
+    ]
+
+
+def score_recovered(
+    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, layers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Cut the baseline to `layers`' counts (none: the baseline itself) and score it after the recovered
+    decision's short recovery, with its MACs and params."""
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **bsweep.finetune_overrides(args))
+    cut_to_counts(module, layers)
+    dm.setup("fit")
+    scores = recovered_scores(args, dm, module, args.p_star_draws)
+    x = surgery.example_input(module.model, module.plan.input_shape)
+    return {
+        "recovered_acc": sum(scores) / len(scores),
+        "recovered_draws": scores,
+        **model_cost(module.model, x).as_dict(),
+        "kept": {layer["name"]: layer["after"] for layer in layers},
+        "seed": args.seed,
+    }
+
+
+def score_baseline(args: argparse.Namespace, dm: pl.LightningDataModule) -> dict[str, Any]:
+    base = _baseline(args, "a b-sweep (bsweep.py trains its baseline.ckpt there)")
+    return {**score_recovered(args, dm, base, []), "method": "baseline"}
+
+
 def retrain(
     args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, layers: list[dict[str, Any]], b: float | None
 ) -> dict[str, Any]:
@@ -106,7 +161,8 @@ def retrain_tilted(
     args: argparse.Namespace, dm: pl.LightningDataModule, tilt: float, macs_removed: float
 ) -> dict[str, Any]:
     base = _baseline(args, "a b-sweep (bsweep.py trains its baseline.ckpt there)")
-    run = retrain(args, dm, base, tilted_layers(base, tilt, macs_removed), None)
+    layers = tilted_layers(base, tilt, macs_removed)
+    run = score_recovered(args, dm, base, layers) if args.score_recovered else retrain(args, dm, base, layers, None)
     return {**run, "method": "tilted", "tilt": tilt, "macs_target": macs_removed}
 
 
@@ -117,19 +173,30 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--tilt", type=float, nargs="+", help="tilts of the tilted family (needs --macs-removed)")
     p.add_argument("--macs-removed", type=float, nargs="+", default=[], help="fractions of MACs the tilts remove")
     p.add_argument("--output", type=Path, required=True, help="results JSON")
+    p.add_argument(
+        "--score-recovered",
+        action="store_true",
+        help="score each tilted allocation after the recovered decision's short recovery instead of fine-tuning it",
+    )
     own, rest = p.parse_known_args(argv)
     if own.summary and own.macs_removed:
         p.error("--macs-removed goes with --tilt: an RL run's allocation (--summary) has the MACs that run reached")
     if own.tilt and not own.macs_removed:
         p.error("--tilt needs --macs-removed: the fractions of the baseline's MACs each tilted allocation removes")
+    if own.score_recovered and not own.tilt:
+        p.error("--score-recovered goes with --tilt: it scores tilted allocations instead of fine-tuning them")
     if any(not 0 < f < 1 for f in own.macs_removed):
         p.error(f"--macs-removed {own.macs_removed}: each fraction must lie in (0, 1), e.g. 0.7 for 70 % fewer MACs")
     args = bsweep.parse([*rest, "--output", str(own.output)])
+    if own.score_recovered and args.recovery_steps < 1:
+        p.error("--score-recovered needs --recovery-steps >= 1: the SGD steps of the recovery, e.g. 60")
+    args.score_recovered = own.score_recovered
     dm = bsweep.datamodule(args)
     if own.summary:
         runs = [retrain_summary(args, dm, path) for path in own.summary]
     else:
-        runs = [retrain_tilted(args, dm, t, f) for f in own.macs_removed for t in own.tilt]
+        runs = [score_baseline(args, dm)] if own.score_recovered else []
+        runs += [retrain_tilted(args, dm, t, f) for f in own.macs_removed for t in own.tilt]
     own.output.parent.mkdir(parents=True, exist_ok=True)
     own.output.write_text(json.dumps({"protocol": vars(args), "runs": runs}, indent=2, default=str))
     print(json.dumps(runs, indent=2))
