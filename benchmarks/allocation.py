@@ -100,10 +100,11 @@ def recovered_scores(
     train, val = dm.train_dataloader(), dm.val_dataloader()
     calibration = [images for images, _ in scoring.drawn_batches(train, args.calibration_batches, args.seed)]
     batches = scoring.drawn_batches(val, args.recovery_batches or args.reward_batches)
+    root = surgery.channel_groups(model, surgery.build_graph(model, x), x)[0].name  # read only to cut a mask: none here
     return [
         scoring.RecoveryScorer(
             model,
-            surgery.channel_groups(model, surgery.build_graph(model, x), x)[0].name,
+            root,
             x,
             calibration,
             scoring.drawn_batches(train, args.recovery_steps, args.seed + s, shuffle=True),
