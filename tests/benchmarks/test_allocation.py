@@ -49,7 +49,7 @@ def test_tilted_allocations_reach_the_macs_asked_for(allocation, tmp_path) -> No
         allocation.main([*flags[:-1], str(tmp_path / "none"), "--tilt", "0", "--macs-removed", "0.5", "--output", "x"])
 
 
-def test_score_recovered_scores_tilts_and_the_baseline_without_fine_tuning(allocation, tmp_path) -> None:
+def test_score_recovered_scores_tilts_and_the_baseline_without_fine_tuning(allocation, tmp_path, capsys) -> None:
     bsweep = load_benchmark("bsweep")
     flags = [
         "--dataset", "embedded", "--model", "vgg11", "--width", "0.125", "--baseline-epochs", "1",
@@ -69,5 +69,10 @@ def test_score_recovered_scores_tilts_and_the_baseline_without_fine_tuning(alloc
     assert "test_acc" not in uniform  # scored, not fine-tuned
     assert abs(uniform["macs"] - 0.5 * baseline["macs"]) <= 0.1 * baseline["macs"] and leaning["tilt"] == -1.0
 
+    capsys.readouterr()
     with pytest.raises(SystemExit):  # no recovery to score after
         allocation.main([*flags[:-6], "--tilt", "0", "--macs-removed", "0.5", "--score-recovered", "--output", "x"])
+    assert "--score-recovered needs --recovery-steps >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an RL run's allocation is not scored this way
+        allocation.main([*flags, "--summary", "s.json", "--score-recovered", "--output", "x"])
+    assert "--score-recovered goes with --tilt" in capsys.readouterr().err
