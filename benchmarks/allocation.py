@@ -63,6 +63,9 @@ def tilted_counts(sizes: list[int], tilt: float, scale: float) -> list[int]:
     return [min(n, max(1, round(n * scale * math.exp(tilt * (i / last - 0.5))))) for i, n in enumerate(sizes)]
 
 
+A_SWEEP = "a b-sweep (bsweep.py trains its baseline.ckpt there)"
+
+
 def _baseline(args: argparse.Namespace, which: str) -> Path:
     base = Path(args.work) / "baseline.ckpt"
     if not base.exists():
@@ -136,7 +139,7 @@ def score_recovered(
 
 
 def score_baseline(args: argparse.Namespace, dm: pl.LightningDataModule) -> dict[str, Any]:
-    base = _baseline(args, "a b-sweep (bsweep.py trains its baseline.ckpt there)")
+    base = _baseline(args, A_SWEEP)
     return {**score_recovered(args, dm, base, []), "method": "baseline"}
 
 
@@ -161,7 +164,7 @@ def retrain_summary(args: argparse.Namespace, dm: pl.LightningDataModule, summar
 def retrain_tilted(
     args: argparse.Namespace, dm: pl.LightningDataModule, tilt: float, macs_removed: float
 ) -> dict[str, Any]:
-    base = _baseline(args, "a b-sweep (bsweep.py trains its baseline.ckpt there)")
+    base = _baseline(args, A_SWEEP)
     layers = tilted_layers(base, tilt, macs_removed)
     run = score_recovered(args, dm, base, layers) if args.score_recovered else retrain(args, dm, base, layers, None)
     return {**run, "method": "tilted", "tilt": tilt, "macs_target": macs_removed}
