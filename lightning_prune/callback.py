@@ -24,11 +24,11 @@ from lightning_prune.reward import REWARDS, budget_at, charged, fewest_within
 class RLPruneCallback(Callback):
     """Prune convolution filters layer by layer with a learned agent per layer (Huang et al., 2018).
 
-    At each pruning point the agent of the next channel group (lowest first) samples `num_samples` keep/remove
-    masks over the group's filters, scores each on `reward_batches` batches of the validation split, and is
-    updated by REINFORCE. After `agent_updates` updates the decision is made (`decision`) and applied by
-    physically removing the filters (and every coupled tensor), and training fine-tunes for `finetune_epochs`
-    epochs before the next group. Epochs after the last group are final fine-tuning.
+    At each pruning point the agent of the next channel group (lowest first, or in `layers` order) samples
+    `num_samples` keep/remove masks over the group's filters, scores each on `reward_batches` batches of the
+    validation split, and is updated by REINFORCE. After `agent_updates` updates the decision is made
+    (`decision`) and applied by physically removing the filters (and every coupled tensor), and training
+    fine-tunes for `finetune_epochs` epochs before the next group. Epochs after the last group are final fine-tuning.
 
     Before a candidate is scored, the BatchNorm layers after the group re-estimate their statistics on
     `calibration_batches` training batches. Without this, removing filters shifts the inputs of every later
@@ -55,7 +55,8 @@ class RLPruneCallback(Callback):
     Under DDP every rank scores a share of the masks on the same batches (the first `reward_batches` of the
     validation split, read in order) and applies rank 0's decision. The search leaves the global random
     streams as it found them, and the callback's checkpoint state holds them, so a resumed run continues with
-    the data order of an uninterrupted one. Bad settings fail at `setup`, before any training (a `monitor` that only a
+    the data order of an uninterrupted one. Bad arguments fail when the callback is constructed, a schedule, layer
+    name or validation split that does not fit the run at `setup`, before any training (a `monitor` that only a
     validation run can reveal: at the end of the sanity check).
 
     Args:
@@ -101,7 +102,7 @@ class RLPruneCallback(Callback):
         recovery_steps: SGD steps on training batches that `p*`, each layer's model and each candidate count of
             the decision recover for before they are scored (0: scored right after re-estimation). Needs
             `decision="reward"` or `"budget"`; each layer then trains up to `decision_counts + 2` copies for that
-            many steps.
+            many steps (the first layer `p_star_draws - 1` more).
         recovery_lr: learning rate of those steps.
         recovery_batches: validation batches each recovered copy is scored on (None: `reward_batches`). Two
             recovered copies differ by a few images, so more batches than the agent's make the decision less
