@@ -4,7 +4,10 @@ ranking picks which filters), then the b-sweep's fine-tuning budget.
 The counts are an RL run's (`--summary`), or a tilted family (`--tilt T... --macs-removed F...`): layer i of L keeps
 `scale * exp(T * (i / (L - 1) - 1/2))` of its filters (at least one, at most all), `scale` set by bisection so the
 network loses the fraction F of its MACs. T = 0 is a uniform ratio; T < 0 keeps more of the early layers, where the
-MACs are, and cuts the late ones deeper, where the parameters are; T > 0 the reverse.
+MACs are, and cuts the late ones deeper, where the parameters are; T > 0 the reverse. On a residual network,
+`--stream-tilt S...` tilts the family between kinds of group: a group that couples several convolutions' outputs
+(a residual stream) keeps `exp(S / 2)` times its share, every other group (a block's inner conv) `exp(-S / 2)`
+times; S > 0 keeps the streams fuller and cuts the blocks deeper, S < 0 the reverse.
 
 With `--score-recovered`, nothing is fine-tuned: each allocation is scored the way `RLPruneCallback`'s recovered
 decision scores a candidate (BatchNorm re-estimated on `--calibration-batches` training batches, `--recovery-steps`
@@ -57,10 +60,18 @@ def cut_to_counts(module: ImageClassifier, layers: list[dict[str, Any]]) -> None
             module.plan.steps.append(list(surgery.prune_step(model, graph, [layer["name"], True, removed])))
 
 
-def tilted_counts(sizes: list[int], tilt: float, scale: float) -> list[int]:
-    """Filters each layer keeps: `scale * exp(tilt * (i / (L - 1) - 1/2))` of layer i's `sizes[i]`, in [1, size]."""
+def tilted_counts(
+    sizes: list[int], tilt: float, scale: float, streams: list[bool] | None = None, stream_tilt: float = 0.0
+) -> list[int]:
+    """Filters each layer keeps: `scale * exp(tilt * (i / (L - 1) - 1/2))` of layer i's `sizes[i]`, in [1, size];
+    times `exp(stream_tilt / 2)` where `streams[i]` (the group couples several convolutions) and
+    `exp(-stream_tilt / 2)` elsewhere."""
     last = max(len(sizes) - 1, 1)
-    return [min(n, max(1, round(n * scale * math.exp(tilt * (i / last - 0.5))))) for i, n in enumerate(sizes)]
+    streams = streams or [False] * len(sizes)
+    return [
+        min(n, max(1, round(n * scale * math.exp(tilt * (i / last - 0.5) + stream_tilt * (0.5 if s else -0.5)))))
+        for i, (n, s) in enumerate(zip(sizes, streams, strict=True))
+    ]
 
 
 A_SWEEP = "a b-sweep (bsweep.py trains its baseline.ckpt there)"
@@ -73,17 +84,23 @@ def _baseline(args: argparse.Namespace, which: str) -> Path:
     return base
 
 
-def tilted_layers(base: Path, tilt: float, macs_removed: float) -> list[dict[str, Any]]:
+def tilted_layers(base: Path, tilt: float, macs_removed: float, stream_tilt: float = 0.0) -> list[dict[str, Any]]:
     """The tilted allocation whose MACs come closest to `1 - macs_removed` of the baseline's (bisection on scale)."""
     module = ImageClassifier.load_from_checkpoint(base, map_location="cpu")
     model = module.model
     x = surgery.example_input(model, module.plan.input_shape)
     groups = surgery.channel_groups(model, surgery.build_graph(model, x), x)
+    streams = [len(g.members) > 1 for g in groups]
+    if stream_tilt and not any(streams):
+        raise SystemExit(
+            f"--stream-tilt {stream_tilt}: no channel group of {type(model).__name__} couples several convolutions "
+            "(a residual stream), so there is nothing to tilt; use --tilt alone on this network"
+        )
     target = (1 - macs_removed) * model_cost(model, x).macs
-    low, high, best = 0.0, math.exp(abs(tilt) / 2), (math.inf, [])
+    low, high, best = 0.0, math.exp((abs(tilt) + abs(stream_tilt)) / 2), (math.inf, [])
     for _ in range(20):
         scale = (low + high) / 2
-        counts = tilted_counts([g.size for g in groups], tilt, scale)
+        counts = tilted_counts([g.size for g in groups], tilt, scale, streams, stream_tilt)
         layers = [{"name": g.name, "after": c} for g, c in zip(groups, counts, strict=True)]
         cut = copy.deepcopy(module)
         cut_to_counts(cut, layers)
@@ -162,12 +179,12 @@ def retrain_summary(args: argparse.Namespace, dm: pl.LightningDataModule, summar
 
 
 def retrain_tilted(
-    args: argparse.Namespace, dm: pl.LightningDataModule, tilt: float, macs_removed: float
+    args: argparse.Namespace, dm: pl.LightningDataModule, tilt: float, macs_removed: float, stream_tilt: float
 ) -> dict[str, Any]:
     base = _baseline(args, A_SWEEP)
-    layers = tilted_layers(base, tilt, macs_removed)
+    layers = tilted_layers(base, tilt, macs_removed, stream_tilt)
     run = score_recovered(args, dm, base, layers) if args.score_recovered else retrain(args, dm, base, layers, None)
-    return {**run, "method": "tilted", "tilt": tilt, "macs_target": macs_removed}
+    return {**run, "method": "tilted", "tilt": tilt, "stream_tilt": stream_tilt, "macs_target": macs_removed}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,6 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--summary", type=Path, nargs="+", help="pruning_summary.json of RL runs")
     source.add_argument("--tilt", type=float, nargs="+", help="tilts of the tilted family (needs --macs-removed)")
     p.add_argument("--macs-removed", type=float, nargs="+", default=[], help="fractions of MACs the tilts remove")
+    p.add_argument(
+        "--stream-tilt",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="tilts between residual streams and the other groups (with --tilt; every pair is run)",
+    )
     p.add_argument("--output", type=Path, required=True, help="results JSON")
     p.add_argument(
         "--score-recovered",
@@ -187,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--macs-removed goes with --tilt: an RL run's allocation (--summary) has the MACs that run reached")
     if own.tilt and not own.macs_removed:
         p.error("--tilt needs --macs-removed: the fractions of the baseline's MACs each tilted allocation removes")
+    if own.summary and own.stream_tilt != [0.0]:
+        p.error("--stream-tilt goes with --tilt: an RL run's allocation (--summary) has its own counts")
     if own.score_recovered and not own.tilt:
         p.error("--score-recovered goes with --tilt: it scores tilted allocations instead of fine-tuning them")
     if any(not 0 < f < 1 for f in own.macs_removed):
@@ -200,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [retrain_summary(args, dm, path) for path in own.summary]
     else:
         runs = [score_baseline(args, dm)] if own.score_recovered else []
-        runs += [retrain_tilted(args, dm, t, f) for f in own.macs_removed for t in own.tilt]
+        runs += [retrain_tilted(args, dm, t, f, s) for f in own.macs_removed for t in own.tilt for s in own.stream_tilt]
     own.output.parent.mkdir(parents=True, exist_ok=True)
     own.output.write_text(json.dumps({"protocol": vars(args), "runs": runs}, indent=2, default=str))
     print(json.dumps(runs, indent=2))

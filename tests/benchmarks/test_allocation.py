@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from helpers import load_benchmark
+from helpers import fast_trainer, load_benchmark, tiny_classifier, tiny_data
+
+from lightning_prune import ImageClassifier, surgery
+from lightning_prune.measure import model_cost
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +24,45 @@ def test_tilted_counts_are_uniform_at_zero_and_lean_with_the_tilt(allocation) ->
     assert early[0] > 8 > late[0] and early[-1] < 64 < late[-1]
     assert allocation.tilted_counts(sizes, -4.0, 1.0)[0] == 16  # at most every filter
     assert allocation.tilted_counts(sizes, 0.0, 0.001) == [1, 1, 1, 1]  # at least one
+
+
+def test_stream_tilt_moves_filters_between_streams_and_the_other_groups(allocation) -> None:
+    sizes, streams = [16, 16, 32, 32], [True, False, True, False]
+    assert allocation.tilted_counts(sizes, 0.0, 0.5, streams, 0.0) == [8, 8, 16, 16]
+    fuller = allocation.tilted_counts(sizes, 0.0, 0.5, streams, 1.0)
+    thinner = allocation.tilted_counts(sizes, 0.0, 0.5, streams, -1.0)
+    assert fuller == [13, 5, 26, 10] and thinner == [5, 13, 10, 26]
+
+
+def _checkpoint(name: str, path: Path) -> Path:
+    """A tiny network of `name` trained one step, saved to `path`."""
+    module = tiny_classifier(name, width=0.25)
+    trainer = fast_trainer(path.parent, max_epochs=1, limit_train_batches=1)
+    trainer.fit(module, datamodule=tiny_data())
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_stream_tilted_allocations_on_a_residual_network(allocation, tmp_path) -> None:
+    base = _checkpoint("resnet20", tmp_path / "resnet.ckpt")
+    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu")
+    x = surgery.example_input(module.model, module.plan.input_shape)
+    groups = surgery.channel_groups(module.model, surgery.build_graph(module.model, x), x)
+    streams = {g.name for g in groups if len(g.members) > 1}
+    assert streams == {"conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0"}
+    macs = model_cost(module.model, x).macs
+    for stream_tilt in (-1.0, 1.0):
+        layers = allocation.tilted_layers(base, 0.0, 0.6, stream_tilt)
+        cut = ImageClassifier.load_from_checkpoint(base, map_location="cpu")
+        allocation.cut_to_counts(cut, layers)
+        assert abs(model_cost(cut.model, x).macs - 0.4 * macs) <= 0.1 * macs
+        kept = {layer["name"]: layer["after"] / g.size for layer, g in zip(layers, groups, strict=True)}
+        stream_share = max(kept[n] for n in streams) if stream_tilt < 0 else min(kept[n] for n in streams)
+        others = [share for name, share in kept.items() if name not in streams]
+        assert stream_share < min(others) if stream_tilt < 0 else stream_share > max(others)
+
+    with pytest.raises(SystemExit, match="no channel group of VGG couples several convolutions"):
+        allocation.tilted_layers(_checkpoint("vgg11", tmp_path / "vgg.ckpt"), 0.0, 0.5, 1.0)
 
 
 def test_tilted_allocations_reach_the_macs_asked_for(allocation, tmp_path) -> None:
@@ -76,3 +119,6 @@ def test_score_recovered_scores_tilts_and_the_baseline_without_fine_tuning(alloc
     with pytest.raises(SystemExit):  # an RL run's allocation is not scored this way
         allocation.main([*flags, "--summary", "s.json", "--score-recovered", "--output", "x"])
     assert "--score-recovered goes with --tilt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nor tilted
+        allocation.main([*flags, "--summary", "s.json", "--stream-tilt", "1", "--output", "x"])
+    assert "--stream-tilt goes with --tilt" in capsys.readouterr().err
