@@ -179,10 +179,14 @@ def retrain_summary(args: argparse.Namespace, dm: pl.LightningDataModule, summar
 
 
 def retrain_tilted(
-    args: argparse.Namespace, dm: pl.LightningDataModule, tilt: float, macs_removed: float, stream_tilt: float
+    args: argparse.Namespace,
+    dm: pl.LightningDataModule,
+    layers: list[dict[str, Any]],
+    tilt: float,
+    macs_removed: float,
+    stream_tilt: float,
 ) -> dict[str, Any]:
     base = _baseline(args, A_SWEEP)
-    layers = tilted_layers(base, tilt, macs_removed, stream_tilt)
     run = score_recovered(args, dm, base, layers) if args.score_recovered else retrain(args, dm, base, layers, None)
     return {**run, "method": "tilted", "tilt": tilt, "stream_tilt": stream_tilt, "macs_target": macs_removed}
 
@@ -225,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     if own.summary:
         runs = [retrain_summary(args, dm, path) for path in own.summary]
     else:
+        base = _baseline(args, A_SWEEP)
+        family = [(t, f, s) for f in own.macs_removed for t in own.tilt for s in own.stream_tilt]
+        plans = [(tilted_layers(base, t, f, s), t, f, s) for t, f, s in family]  # every bad tilt fails before training
         runs = [score_baseline(args, dm)] if own.score_recovered else []
-        runs += [retrain_tilted(args, dm, t, f, s) for f in own.macs_removed for t in own.tilt for s in own.stream_tilt]
+        runs += [retrain_tilted(args, dm, *plan) for plan in plans]
     own.output.parent.mkdir(parents=True, exist_ok=True)
     own.output.write_text(json.dumps({"protocol": vars(args), "runs": runs}, indent=2, default=str))
     print(json.dumps(runs, indent=2))
