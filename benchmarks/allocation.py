@@ -1,5 +1,7 @@
-"""Allocations retrained from the baseline: each layer cut once, before fine-tuning, to a filter count (the L1-norm
-ranking picks which filters), then the b-sweep's fine-tuning budget.
+"""Allocations retrained from the baseline: each layer cut once, before fine-tuning, to a filter count, then the
+b-sweep's fine-tuning budget. `--criterion` picks which filters a layer keeps: "l1" (default) the largest L1 norms
+(Li et al.), "taylor" the largest first-order Taylor scores `sum |w * dL/dw|` of the layer's filters on
+`--taylor-batches` training batches, recomputed after each earlier layer's cut.
 
 The counts are an RL run's (`--summary`), or a tilted family (`--tilt T... --macs-removed F...`): layer i of L keeps
 `scale * exp(T * (i / (L - 1) - 1/2))` of its filters (at least one, at most all), `scale` set by bisection so the
@@ -36,6 +38,7 @@ import copy
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +48,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bsweep  # noqa: E402
 
 from lightning_prune import ImageClassifier, scoring, surgery  # noqa: E402
+from lightning_prune.distribution import CRITERIA, Criterion, filter_scores, removed_filters  # noqa: E402
 from lightning_prune.measure import model_cost  # noqa: E402
+from lightning_prune.scoring import Batch  # noqa: E402
 
 
-def cut_to_counts(module: ImageClassifier, layers: list[dict[str, Any]]) -> None:
-    """Cut each layer of a pruning summary to its kept count, dropping the filters of smallest L1 norm."""
+def cut_to_counts(
+    module: ImageClassifier, layers: list[dict[str, Any]], criterion: Criterion = "l1", batches: Sequence[Batch] = ()
+) -> None:
+    """Cut each layer of a pruning summary to its kept count, dropping its least important filters by `criterion`
+    (the Taylor scores accumulate over `batches`), each layer scored after the cuts before it."""
     model = module.model
     graph = surgery.build_graph(model, surgery.example_input(model, module.plan.input_shape))
     for layer in layers:
-        weight = model.get_submodule(layer["name"]).weight.detach()
-        norms = weight.abs().flatten(1).sum(1)
-        removed = sorted(norms.argsort()[: weight.shape[0] - layer["after"]].tolist())
+        conv = model.get_submodule(layer["name"])
+        importance = filter_scores(model, [conv], criterion, batches)[conv]
+        removed = removed_filters(importance, len(importance) - layer["after"])
         if removed:
             module.plan.steps.append(list(surgery.prune_step(model, graph, [layer["name"], True, removed])))
 
@@ -163,12 +171,17 @@ def score_baseline(args: argparse.Namespace, dm: pl.LightningDataModule) -> dict
 def retrain(
     args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, layers: list[dict[str, Any]], b: float | None
 ) -> dict[str, Any]:
-    """Cut the baseline to `layers`' counts and fine-tune it for the sweep's budget."""
+    """Cut the baseline to `layers`' counts by `args.criterion` and fine-tune it for the sweep's budget."""
     pl.seed_everything(args.seed)
     module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **bsweep.finetune_overrides(args))
-    cut_to_counts(module, layers)
+    batches = []
+    if args.criterion == "taylor":
+        dm.setup("fit")
+        batches = scoring.drawn_batches(dm.train_dataloader(), args.taylor_batches, args.seed, shuffle=True)
+    cut_to_counts(module, layers, args.criterion, batches)
     run = bsweep.finetune(args, dm, base, module, "allocation", b, [])
-    return {**run, "kept": {layer["name"]: layer["after"] for layer in layers}, "seed": args.seed}
+    kept = {layer["name"]: layer["after"] for layer in layers}
+    return {**run, "kept": kept, "criterion": args.criterion, "seed": args.seed}
 
 
 def retrain_summary(args: argparse.Namespace, dm: pl.LightningDataModule, summary_path: Path) -> dict[str, Any]:
@@ -210,6 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="score each tilted allocation after the recovered decision's short recovery instead of fine-tuning it",
     )
+    p.add_argument(
+        "--criterion",
+        default="l1",
+        choices=CRITERIA,
+        help="which filters each layer keeps when fine-tuned: the largest L1 norms or first-order Taylor scores",
+    )
+    p.add_argument("--taylor-batches", type=int, default=8, help="training batches the Taylor scores accumulate over")
     own, rest = p.parse_known_args(argv)
     if own.summary and own.macs_removed:
         p.error("--macs-removed goes with --tilt: an RL run's allocation (--summary) has the MACs that run reached")
@@ -219,12 +239,16 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--stream-tilt goes with --tilt: an RL run's allocation (--summary) has its own counts")
     if own.score_recovered and not own.tilt:
         p.error("--score-recovered goes with --tilt: it scores tilted allocations instead of fine-tuning them")
+    if own.score_recovered and own.criterion != "l1":
+        p.error("--criterion goes with fine-tuning: --score-recovered scores allocations cut by the L1 norm")
+    if own.taylor_batches < 1:
+        p.error(f"--taylor-batches {own.taylor_batches} must be >= 1, e.g. 8")
     if any(not 0 < f < 1 for f in own.macs_removed):
         p.error(f"--macs-removed {own.macs_removed}: each fraction must lie in (0, 1), e.g. 0.7 for 70 % fewer MACs")
     args = bsweep.parse([*rest, "--output", str(own.output)])
     if own.score_recovered and args.recovery_steps < 1:
         p.error("--score-recovered needs --recovery-steps >= 1: the SGD steps of the recovery, e.g. 60")
-    args.score_recovered = own.score_recovered
+    args.score_recovered, args.criterion, args.taylor_batches = own.score_recovered, own.criterion, own.taylor_batches
     dm = bsweep.datamodule(args)
     if own.summary:
         runs = [retrain_summary(args, dm, path) for path in own.summary]

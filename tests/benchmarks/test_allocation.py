@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import fast_trainer, load_benchmark, tiny_classifier, tiny_data
 
 from lightning_prune import ImageClassifier, surgery
+from lightning_prune.distribution import filter_scores
 from lightning_prune.measure import model_cost
 
 
@@ -65,6 +67,24 @@ def test_stream_tilted_allocations_on_a_residual_network(allocation, tmp_path) -
         allocation.tilted_layers(_checkpoint("vgg11", tmp_path / "vgg.ckpt"), 0.0, 0.5, 1.0)
 
 
+def test_cut_to_counts_keeps_the_filters_the_criterion_ranks_highest(allocation, tmp_path) -> None:
+    base = _checkpoint("vgg11", tmp_path / "vgg.ckpt")
+    dm = tiny_data()
+    dm.setup("fit")
+    batches = [next(iter(dm.train_dataloader()))]
+    layers = [{"name": "features.0", "after": 3}]
+    for criterion in ("l1", "taylor"):
+        module = ImageClassifier.load_from_checkpoint(base, map_location="cpu")
+        conv = module.model.get_submodule("features.0")
+        weight = conv.weight.detach().clone()
+        scores = filter_scores(module.model, [conv], criterion, batches)[conv]
+        allocation.cut_to_counts(module, layers, criterion, batches)
+        best = sorted(scores.argsort(descending=True)[:3].tolist())
+        assert torch.equal(module.model.get_submodule("features.0").weight.detach(), weight[best])
+    l1, taylor = (filter_scores(module.model, [conv], c, batches)[conv] for c in ("l1", "taylor"))
+    assert not torch.equal(l1.argsort(), taylor.argsort())  # the two rankings differ, so the test tells them apart
+
+
 def test_tilted_allocations_reach_the_macs_asked_for(allocation, tmp_path) -> None:
     bsweep = load_benchmark("bsweep")
     flags = [
@@ -83,6 +103,12 @@ def test_tilted_allocations_reach_the_macs_asked_for(allocation, tmp_path) -> No
         assert 0.0 <= run["test_acc"] <= 100.0
     first, last = next(iter(uniform["kept"])), list(uniform["kept"])[-1]
     assert leaning["kept"][first] > uniform["kept"][first] and leaning["kept"][last] < uniform["kept"][last]
+    assert uniform["criterion"] == "l1"
+
+    out = tmp_path / "taylor.json"
+    allocation.main([*flags, "--tilt", "0", "--macs-removed", "0.5", "--criterion", "taylor", "--output", str(out)])
+    (taylor,) = json.loads(out.read_text())["runs"]
+    assert taylor["criterion"] == "taylor" and taylor["kept"] == uniform["kept"] and taylor["macs"] == uniform["macs"]
 
     with pytest.raises(SystemExit):
         allocation.main([*flags, "--tilt", "0", "--output", str(tmp_path / "x.json")])  # no --macs-removed
@@ -122,3 +148,22 @@ def test_score_recovered_scores_tilts_and_the_baseline_without_fine_tuning(alloc
     with pytest.raises(SystemExit):  # nor tilted
         allocation.main([*flags, "--summary", "s.json", "--stream-tilt", "1", "--output", "x"])
     assert "--stream-tilt goes with --tilt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the recovered score cuts by the L1 norm, as the RL search does
+        allocation.main(
+            [
+                *flags,
+                "--tilt",
+                "0",
+                "--macs-removed",
+                "0.5",
+                "--score-recovered",
+                "--criterion",
+                "taylor",
+                "--output",
+                "x",
+            ]
+        )
+    assert "--criterion goes with fine-tuning" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        allocation.main([*flags, "--tilt", "0", "--macs-removed", "0.5", "--taylor-batches", "0", "--output", "x"])
+    assert "--taylor-batches 0 must be >= 1" in capsys.readouterr().err
