@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     if own.score_recovered and not own.tilt:
         p.error("--score-recovered goes with --tilt: it scores tilted allocations instead of fine-tuning them")
     if own.score_recovered and own.criterion != "l1":
-        p.error("--criterion goes with fine-tuning: --score-recovered scores allocations cut by the L1 norm")
+        p.error(
+            "--criterion goes with fine-tuning: --score-recovered scores allocations cut by the L1 norm; "
+            "drop --criterion, or drop --score-recovered to fine-tune the Taylor cut"
+        )
     if own.taylor_batches < 1:
         p.error(f"--taylor-batches {own.taylor_batches} must be >= 1, e.g. 8")
     if any(not 0 < f < 1 for f in own.macs_removed):

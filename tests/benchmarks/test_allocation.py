@@ -149,21 +149,9 @@ def test_score_recovered_scores_tilts_and_the_baseline_without_fine_tuning(alloc
     with pytest.raises(SystemExit):  # nor tilted
         allocation.main([*flags, "--summary", "s.json", "--stream-tilt", "1", "--output", "x"])
     assert "--stream-tilt goes with --tilt" in capsys.readouterr().err
+    taylor = ["--tilt", "0", "--macs-removed", "0.5", "--criterion", "taylor", "--output", "x"]
     with pytest.raises(SystemExit):  # the recovered score cuts by the L1 norm, as the RL search does
-        allocation.main(
-            [
-                *flags,
-                "--tilt",
-                "0",
-                "--macs-removed",
-                "0.5",
-                "--score-recovered",
-                "--criterion",
-                "taylor",
-                "--output",
-                "x",
-            ]
-        )
+        allocation.main([*flags, *taylor, "--score-recovered"])
     assert "--criterion goes with fine-tuning" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         allocation.main([*flags, "--tilt", "0", "--macs-removed", "0.5", "--taylor-batches", "0", "--output", "x"])
