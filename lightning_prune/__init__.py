@@ -4,6 +4,14 @@ from lightning_prune.callback import RLPruneCallback
 from lightning_prune.distill import DistillationCallback
 from lightning_prune.distribution_callback import DistributionPruneCallback
 from lightning_prune.module import ImageClassifier
+from lightning_prune.plan import Prunable, load_module
 
-__all__ = ["DistillationCallback", "DistributionPruneCallback", "ImageClassifier", "RLPruneCallback"]
+__all__ = [
+    "DistillationCallback",
+    "DistributionPruneCallback",
+    "ImageClassifier",
+    "Prunable",
+    "RLPruneCallback",
+    "load_module",
+]
 __version__ = "0.1.0"

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import random
+import math
 from typing import Any, Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.seed import isolate_rng
 
-from lightning_prune import scoring, surgery, tracking
-from lightning_prune.measure import macs_at_stake, model_cost
-from lightning_prune.module import ImageClassifier
-from lightning_prune.policy import LayerSearch, is_min_keep, min_keep_count, ranked_masks
-from lightning_prune.reward import REWARDS, budget_at, charged, fewest_within
+from lightning_prune import decision, plan, scoring, surgery, tracking
+from lightning_prune.measure import macs_at_stake
+from lightning_prune.metric import MetricSpec, Unpack
+from lightning_prune.orchestration import PruningCallback, _is_int
+from lightning_prune.policy import LayerSearch, min_keep_count
+from lightning_prune.reward import REWARDS, budget_at
 
 
-class RLPruneCallback(Callback):
+class RLPruneCallback(PruningCallback):
     """Prune convolution filters layer by layer with a learned agent per layer (Huang et al., 2018).
 
     At each pruning point the agent of the next channel group (lowest first, or in `layers` order) samples
@@ -32,13 +28,12 @@ class RLPruneCallback(Callback):
 
     Before a candidate is scored, the BatchNorm layers after the group re-estimate their statistics on
     `calibration_batches` training batches. Without this, removing filters shifts the inputs of every later
-    BatchNorm and the candidate scores far below what the pruned network is worth (on the b-sweep's VGG-16 x0.25,
-    keeping 32 of 128 filters of `features.24` scores 61 % as is and 92 % after re-estimation; see
+    BatchNorm and the candidate scores far below what the pruned network is worth (see
     `benchmarks/bn_reestimation.py`), so the reward would punish pruning that costs little. After each cut the
     pruned model's BatchNorm statistics are re-estimated on the same batches, so the next group (even at the
     same epoch, with `finetune_epochs=0`) starts from a consistent model.
 
-    The reward is `(1 - max(p* - p, 0) / b) * log(N / kept)` where `p*` is the validation accuracy (points) of
+    The reward is `(1 - max(p* - p, 0) / b) * log(N / kept)` where `p*` is the validation score (points) of
     the unpruned model before pruning began and `p` that of the candidate: `b` is the accuracy drop the whole
     network may lose, in percentage points. With `budget_schedule="linear"` the i-th of L layers is scored
     against `b * i / L` in place of `b`, so early layers cannot spend the whole budget.
@@ -52,15 +47,21 @@ class RLPruneCallback(Callback):
     without recovery (fast), each as the recovered current model minus the sample's own drop, so the agent learns
     which filters matter most.
 
+    Any LightningModule is pruned: the convolutions of its `forward` (traced with `example_input_array`, else
+    the first training batch's inputs), scored with `metric` on batches that `unpack_batch` splits into
+    `(inputs, target)`. `b` is in points of that metric: a metric valued in [0, 1] counts x100, so `b=1` allows
+    one point of accuracy or mIoU. The module's checkpoints carry the pruned structure (see `lightning_prune.plan`).
+
     Under DDP every rank scores a share of the masks on the same batches (the first `reward_batches` of the
     validation split, read in order) and applies rank 0's decision. The search leaves the global random
     streams as it found them, and the callback's checkpoint state holds them, so a resumed run continues with
-    the data order of an uninterrupted one. Bad arguments fail when the callback is constructed, a schedule, layer
-    name or validation split that does not fit the run at `setup`, before any training (a `monitor` that only a
-    validation run can reveal: at the end of the sanity check).
+    the data order of an uninterrupted one; a resumed run must keep `b` and `layers`. Bad arguments fail when the
+    callback is constructed; a schedule, layer name, batch, metric or `forward` that does not fit the run at
+    `setup`, before any training (a `monitor` that only a validation run can reveal: at the end of the sanity
+    check, or before the first pruning step).
 
     Args:
-        b: allowed accuracy drop of the whole network in percentage points (> 0).
+        b: allowed drop of the whole network's score, in points of `metric` (> 0, finite).
         layers: layer names or fnmatch patterns selecting the groups to prune, in this order (None: every
             prunable convolution group, lowest first). See the error message of a bad name for the choices.
         start_epoch: epoch before which the first group is pruned (0 prunes the model as given).
@@ -69,7 +70,7 @@ class RLPruneCallback(Callback):
         agent_updates: policy-gradient updates per group.
         reward_batches: validation batches each candidate is scored on.
         reward: "huang" (logarithmic efficiency term) or "yang" (linear, N / kept).
-        min_keep: filters every group keeps: a count (int >= 1) or a fraction of the group (float in (0, 1]).
+        min_keep: filters every group keeps: a count (int >= 1) or a fraction of the group (float in (0, 1)).
         agent_lr: Adam learning rate of the agents.
         entropy_coef: entropy bonus weight in the agents' loss.
         init_keep: keep probability of every filter before the first update.
@@ -109,8 +110,7 @@ class RLPruneCallback(Callback):
             noisy.
         p_star_draws: with `recovery_steps > 0`, `p*` is the mean of this many recovered scores of the unpruned
             model, each recovering on other training batches. Every layer's drop is measured from `p*`, and one
-            draw is noisy: on the b-sweep's baseline eight draws scored 93.36-93.66 (mean 93.52). The scores
-            are in the summary's `baseline["p_star_scores"]`.
+            draw is noisy. The scores are in the summary's `baseline["p_star_scores"]`.
         holdout_batches: validation batches, after the ones candidates are scored on (`reward_batches` and
             `recovery_batches`), on which `p*` and each layer's unpruned model are scored (0: on the candidates'
             batches). Every decision keeps the candidate that scores best on its batches, so after a few layers
@@ -120,14 +120,23 @@ class RLPruneCallback(Callback):
             does not add up.
         cache: score candidates by running only the part of the network after the cached prefix.
         max_cache_mb: memory bound of that cache; above it the full forward is used.
-        monitor: the logged validation accuracy metric (points) reported as baseline and final accuracy.
+        metric: what candidates are scored on: None (top-1 agreement of the argmax over dim 1 with integer
+            targets: accuracy, or pixel accuracy for (B, C, H, W) outputs), a torchmetrics `Metric` (e.g.
+            `MulticlassJaccardIndex` for mIoU) or a callable `(preds, target) -> float`; higher is better.
+        ignore_index: target value the default metric does not count (e.g. a segmentation's void label).
+        unpack_batch: a function splitting a batch into `(inputs, target)` (None: the batch is that pair).
+        monitor: a logged metric reported as the summary's baseline and final value (None: the callback's own
+            `metric` on the validation batches it scores). Read for reporting only.
+        monitor_mode: "max" or "min": whether higher or lower `monitor` is better.
         seed: seeds agents and sampling; the same seed gives the same decisions.
 
     Example::
 
-        trainer = Trainer(max_epochs=30, callbacks=[RLPruneCallback(b=1.0, start_epoch=5, finetune_epochs=1)])
-        trainer.fit(ImageClassifier("vgg16", model_kwargs={"width": 0.25}), datamodule=dm)
+        trainer = L.Trainer(max_epochs=30, callbacks=[RLPruneCallback(b=1.0, start_epoch=5, finetune_epochs=1)])
+        trainer.fit(MyLightningModule(), datamodule=dm)
     """
+
+    resume_args = ("b", "layers")
 
     def __init__(
         self,
@@ -156,17 +165,26 @@ class RLPruneCallback(Callback):
         holdout_batches: int = 0,
         cache: bool = True,
         max_cache_mb: float = 1024.0,
-        monitor: str = "val_acc",
+        metric: MetricSpec = None,
+        ignore_index: int | None = None,
+        unpack_batch: Unpack | None = None,
+        monitor: str | None = None,
+        monitor_mode: Literal["max", "min"] = "max",
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        counts = {
+            "num_samples": num_samples,
+            "agent_updates": agent_updates,
+            "reward_batches": reward_batches,
+            "decision_counts": decision_counts,
+            "p_star_draws": p_star_draws,
+        }
         checks = [
-            (b > 0, f"b={b} must be > 0: it is the accuracy drop (percentage points) the network may lose"),
-            (num_samples >= 1, f"num_samples={num_samples} must be >= 1 (masks sampled per agent update)"),
-            (agent_updates >= 1, f"agent_updates={agent_updates} must be >= 1"),
-            (reward_batches >= 1, f"reward_batches={reward_batches} must be >= 1"),
-            (start_epoch >= 0, f"start_epoch={start_epoch} must be >= 0"),
-            (finetune_epochs >= 0, f"finetune_epochs={finetune_epochs} must be >= 0"),
+            *((_is_int(v) and v >= 1, f"{k}={v!r} must be >= 1 (an int)") for k, v in counts.items()),
+            (
+                isinstance(b, (int, float)) and math.isfinite(b) and b > 0,
+                f"b={b!r} must be > 0 and finite: it is the drop (points of the metric) the network may lose",
+            ),
             (reward in REWARDS, f"reward={reward!r} is unknown: use one of {sorted(REWARDS)}"),
             (0 < init_keep < 1, f"init_keep={init_keep} must be in (0, 1)"),
             (l1_prior >= 0, f"l1_prior={l1_prior} must be >= 0 (0 turns the L1-norm prior off)"),
@@ -182,14 +200,18 @@ class RLPruneCallback(Callback):
                 f"budget_schedule={budget_schedule!r} is unknown: use 'linear', 'macs' or 'shared'",
             ),
             (decision_counts >= 2, f"decision_counts={decision_counts} must be >= 2 (kept counts to try)"),
-            (calibration_batches >= 0, f"calibration_batches={calibration_batches} must be >= 0 (0 turns it off)"),
-            (recovery_steps >= 0, f"recovery_steps={recovery_steps} must be >= 0 (0 turns recovery off)"),
-            (recovery_lr > 0, f"recovery_lr={recovery_lr} must be > 0"),
-            (p_star_draws >= 1, f"p_star_draws={p_star_draws} must be >= 1 (recovered scores averaged into p*)"),
-            (holdout_batches >= 0, f"holdout_batches={holdout_batches} must be >= 0 (0 turns the held-out level off)"),
             (
-                recovery_batches is None or recovery_batches >= 1,
-                f"recovery_batches={recovery_batches} must be >= 1 (None: reward_batches)",
+                _is_int(recovery_steps) and recovery_steps >= 0,
+                f"recovery_steps={recovery_steps!r} must be >= 0 (an int; 0 turns recovery off)",
+            ),
+            (recovery_lr > 0, f"recovery_lr={recovery_lr} must be > 0"),
+            (
+                _is_int(holdout_batches) and holdout_batches >= 0,
+                f"holdout_batches={holdout_batches!r} must be >= 0 (an int; 0 turns the held-out level off)",
+            ),
+            (
+                recovery_batches is None or (_is_int(recovery_batches) and recovery_batches >= 1),
+                f"recovery_batches={recovery_batches!r} must be >= 1 (an int; None: reward_batches)",
             ),
             (
                 recovery_steps == 0 or decision != "greedy",
@@ -197,21 +219,16 @@ class RLPruneCallback(Callback):
                 "but decision='greedy' scores none: use decision='reward' or recovery_steps=0",
             ),
             (max_cache_mb >= 0, f"max_cache_mb={max_cache_mb} must be >= 0"),
-            (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
         ]
-        checks.append((is_min_keep(min_keep), f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
-        for ok, message in checks:
-            if not ok:
-                raise MisconfigurationException(f"RLPruneCallback: {message}")
+        super().__init__(
+            layers, start_epoch, finetune_epochs, min_keep, calibration_batches, metric, ignore_index,
+            unpack_batch, monitor, monitor_mode, seed, checks,
+        )  # fmt: skip
         self.b = float(b)
-        self.layers = list(layers) if layers is not None else None
-        self.start_epoch = start_epoch
-        self.finetune_epochs = finetune_epochs
         self.num_samples = num_samples
         self.agent_updates = agent_updates
         self.reward_batches = reward_batches
         self.reward = reward
-        self.min_keep = min_keep
         self.agent_lr = agent_lr
         self.entropy_coef = entropy_coef
         self.init_keep = init_keep
@@ -220,7 +237,6 @@ class RLPruneCallback(Callback):
         self.decision_counts = decision_counts
         self.budget_schedule = budget_schedule
         self.drop_from = drop_from
-        self.calibration_batches = calibration_batches
         self.recovery_steps = recovery_steps
         self.recovery_lr = recovery_lr
         self.recovery_batches = recovery_batches
@@ -228,21 +244,10 @@ class RLPruneCallback(Callback):
         self.holdout_batches = holdout_batches
         self.cache = cache
         self.max_cache_mb = max_cache_mb
-        self.monitor = monitor
-        self.seed = seed
-        self._reset_state()
-
-    def _reset_state(self) -> None:
-        self.groups: list[str] = []
         self.stakes: list[int] | None = None  # MACs at stake per group, for budget_schedule="macs"
         self.done = 0
         self.p_star: float | None = None
-        self.baseline: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
         self.last_search: dict[str, Any] | None = None
-        self._monitor_checked = False
-
-    # -- hyper-parameters as plain data (loggers' run config) --------------------------------------------
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -250,133 +255,75 @@ class RLPruneCallback(Callback):
             "b", "layers", "start_epoch", "finetune_epochs", "num_samples", "agent_updates", "reward_batches",
             "reward", "min_keep", "agent_lr", "entropy_coef", "init_keep", "l1_prior", "decision", "decision_counts",
             "budget_schedule", "drop_from", "calibration_batches", "recovery_steps", "recovery_lr", "recovery_batches",
-            "p_star_draws", "holdout_batches", "cache", "max_cache_mb", "monitor", "seed",
+            "p_star_draws", "holdout_batches", "cache", "max_cache_mb", "ignore_index", "monitor", "monitor_mode",
+            "seed",
         )  # fmt: skip
-        return {k: getattr(self, k) for k in keys}
+        return {"metric": _describe(self.metric), **{k: getattr(self, k) for k in keys}}
 
-    # -- setup: every check before any training time is spent ---------------------------------------------
+    # -- setup -------------------------------------------------------------------------------------------------
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+    def _budget_points(self) -> float:
+        return self.b
+
+    def _setup_groups(self, trainer: pl.Trainer, network: torch.nn.Module, inputs: torch.Tensor, graph: Any) -> None:
+        self._check_holdout(trainer)
+        if self.groups:  # a resumed run keeps the groups it started with
             return
-        if not isinstance(pl_module, ImageClassifier):
-            raise MisconfigurationException(
-                "RLPruneCallback needs a `lightning_prune.ImageClassifier` (or a subclass): it records the "
-                f"pruning plan in the module's checkpoint. Got {type(pl_module).__name__}; wrap your network "
-                "as `ImageClassifier(model=your_network, num_classes=...)`."
-            )
-        self._check_validation(trainer, pl_module)
-        model = pl_module.model
-        inputs = surgery.example_input(model, pl_module.plan.input_shape)
-        graph = surgery.build_graph(model, inputs)
-        groups = surgery.channel_groups(model, graph, inputs)
-        if not groups:
-            raise MisconfigurationException(
-                f"RLPruneCallback: {type(model).__name__} has no prunable convolution channels (no Conv2d whose "
-                "output feeds another layer). Use a convolutional network."
-            )
-        if not self.groups:  # a resumed run keeps the groups it started with
-            try:
-                chosen = surgery.select_groups(groups, self.layers)
-            except ValueError as err:
-                raise MisconfigurationException(f"RLPruneCallback: {err}") from err
-            self.groups = [g.name for g in chosen]
-            if self.budget_schedule == "macs":
-                self.stakes = macs_at_stake(model, inputs, self.groups)
-            sizes = {g.name: g.size for g in chosen}
-            if isinstance(self.min_keep, int):
-                small = {n: s for n, s in sizes.items() if s <= self.min_keep}
-                if small:
-                    raise MisconfigurationException(
-                        f"RLPruneCallback: min_keep={self.min_keep} leaves nothing to prune in {small} "
-                        "(layer: filters); lower min_keep or pass it as a fraction such as 0.1"
-                    )
-        self._check_schedule(trainer)
-        tracking.log_hyperparams(trainer, self.hparams)
-
-    def _check_validation(self, trainer: pl.Trainer, pl_module: ImageClassifier) -> None:
-        """Candidates are scored on the validation split and `monitor` is read from validation: both must exist."""
-        if trainer.limit_val_batches == 0:
-            raise MisconfigurationException(
-                "RLPruneCallback: limit_val_batches=0 turns validation off, but candidates are scored on the "
-                "validation split and `monitor` is logged by validation. Keep limit_val_batches > 0."
-            )
-        loader = scoring.validation_loader(trainer)
-        available, needed = scoring.batch_count(loader), self._scored_batches() + self.holdout_batches
-        if self.holdout_batches and available is not None and available < needed:
-            raise MisconfigurationException(self._holdout_message(available))
-        declared = _declared_metrics(trainer, pl_module)
-        if declared is not None and self.monitor not in declared:
-            raise MisconfigurationException(
-                f"RLPruneCallback: monitor={self.monitor!r} is never logged: {type(pl_module).__name__}'s "
-                f"validation logs {', '.join(declared)}. Set `monitor` to the validation accuracy in percentage "
-                "points (monitor='val_acc')."
-            )
-
-    def _check_schedule(self, trainer: pl.Trainer) -> None:
-        needed = self.start_epoch + max(len(self.groups) * self.finetune_epochs, 1)
-        if trainer.fast_dev_run:
-            if needed > 1:
-                rank_zero_warn(
-                    f"RLPruneCallback: fast_dev_run runs one epoch, so only the layers scheduled at epoch 0 are "
-                    f"pruned (the full schedule needs {needed} epochs)."
+        chosen = self._choose_groups(network, inputs, graph)
+        self.groups = [g.name for g in chosen]
+        if self.budget_schedule == "macs":
+            self.stakes = macs_at_stake(network, inputs, self.groups)
+        if isinstance(self.min_keep, int):
+            small = {g.name: g.size for g in chosen if g.size <= self.min_keep}
+            if small:
+                raise MisconfigurationException(
+                    f"RLPruneCallback: min_keep={self.min_keep} leaves nothing to prune in {small} "
+                    "(layer: filters); lower min_keep or pass it as a fraction such as 0.1"
                 )
-        elif trainer.max_epochs is not None and 0 <= trainer.max_epochs < needed:
-            raise MisconfigurationException(
-                f"RLPruneCallback: the schedule needs max_epochs >= {needed} (start_epoch={self.start_epoch} + "
-                f"{len(self.groups)} layers x finetune_epochs={self.finetune_epochs}), got "
-                f"max_epochs={trainer.max_epochs}. Raise max_epochs to {needed}, or lower start_epoch / "
-                "finetune_epochs / select fewer layers."
-            )
 
-    def _check_monitor(self, trainer: pl.Trainer) -> None:
-        if self._monitor_checked:
-            return
-        if self.monitor not in trainer.callback_metrics:
-            logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
-            raise MisconfigurationException(
-                f"RLPruneCallback: monitor={self.monitor!r} is not logged during validation. Logged metrics: "
-                f"{logged}. Set `monitor` to the validation accuracy in percentage points."
-            )
-        self._monitor_checked = True
+    def _check_holdout(self, trainer: pl.Trainer) -> None:
+        available = scoring.batch_count(scoring.validation_loader(trainer))
+        if self.holdout_batches and available is not None and available < self._scored_batches() + self.holdout_batches:
+            raise MisconfigurationException(self._holdout_message(available))
 
-    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_monitor(trainer)
+    def _schedule_epochs(self) -> int:
+        return self.start_epoch + max(len(self.groups) * self.finetune_epochs, 1)
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self._check_monitor(trainer)
+    def _schedule_text(self) -> str:
+        return f"start_epoch={self.start_epoch} + {len(self.groups)} layers x finetune_epochs={self.finetune_epochs}"
 
     # -- schedule ------------------------------------------------------------------------------------------
 
     def _epoch_of(self, k: int) -> int:
         return self.start_epoch + k * self.finetune_epochs
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The search leaves the global random streams as they were, so the data order and augmentation of
-        # training are those of a run without pruning, and a resumed run continues them exactly.
-        with isolate_rng():
-            while self.done < len(self.groups) and self._epoch_of(self.done) <= trainer.current_epoch:
-                self._prune_group(trainer, pl_module, self.groups[self.done])
-                self.done += 1
+    def _due(self, trainer: pl.Trainer) -> bool:
+        return self.done < len(self.groups) and self._epoch_of(self.done) <= trainer.current_epoch
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._prune_group(trainer, pl_module, self.groups[self.done])
+        self.done += 1
+
+    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
         if self.baseline is None:
-            return
-        final = {**self._cost(pl_module), "val_acc": _metric(trainer, self.monitor)}
-        summary = {"b": self.b, "baseline": self.baseline, "final": final, "layers": self.history}
-        tracking.write_summary(trainer, summary)
-        tracking.log_final(trainer, summary)
+            return None
+        final = {**self.cost(pl_module), "val_acc": self._final_score(trainer, pl_module)}
+        return {"b": self.b, "baseline": self.baseline, "final": final, "layers": self.history}
+
+    def _final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+        """`monitor`, or the metric on the validation batches candidates are scored on."""
+        if self.monitor is not None:
+            return self.monitored(trainer)
+        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
+        return scoring.evaluate(
+            plan.network_of(pl_module), batches, trainer.precision_plugin.forward_context, self.score
+        )
 
     # -- one pruning point -----------------------------------------------------------------------------------
 
-    def _cost(self, pl_module: pl.LightningModule) -> dict[str, int]:
-        model = pl_module.model
-        return model_cost(model, surgery.example_input(model, pl_module.plan.input_shape)).as_dict()
-
     def _prune_group(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
-        model = pl_module.model
-        inputs = surgery.example_input(model, pl_module.plan.input_shape)
+        model = plan.network_of(pl_module)
+        inputs = surgery.example_input(model, self.input_shape)
         graph = surgery.build_graph(model, inputs)
         maps = surgery.output_channel_maps(model, graph, name)
         weight = model.get_submodule(name).weight
@@ -391,25 +338,26 @@ class RLPruneCallback(Callback):
             init_keep=self.init_keep,
             prior_scale=self.l1_prior,
         )
-        batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
+        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
         holdout = self._holdout(trainer, pl_module)
-        calibration = scoring.calibration_inputs(trainer, pl_module, self.calibration_batches, seed)
-        baseline_cost = self._cost(pl_module) if self.p_star is None else None  # the unpruned model, once
+        calibration = self.calibration(trainer, pl_module, seed)
+        context = trainer.precision_plugin.forward_context
+        baseline_cost = self.cost(pl_module) if self.p_star is None else None  # the unpruned model, once
         # `level`: the layer's unpruned score that drops are measured from (on the held-out batches, if any).
         recovery, reference, level, p_star_scores = None, None, None, None
         if self.recovery_steps:
             unpruned_mask = torch.ones(1, size, dtype=torch.bool)
             recovery = self._recovery(trainer, pl_module, name, inputs, calibration, seed)
-            reference = _score_shared(trainer, pl_module, recovery, unpruned_mask)[0]
+            reference = self._score_masks(trainer, pl_module, recovery, unpruned_mask)[0]
             level = reference
             if holdout:  # the same recovery, scored on the held-out batches
                 held_out = self._recovery(trainer, pl_module, name, inputs, calibration, seed, holdout)
-                level = _score_shared(trainer, pl_module, held_out, unpruned_mask)[0]
+                level = self._score_masks(trainer, pl_module, held_out, unpruned_mask)[0]
             if self.p_star is None:
                 # Draws on other training batches; their seeds follow the layers' so no layer shares them.
                 first = self.seed + len(self.groups)
                 p_star_scores = [level] + [
-                    _score_shared(
+                    self._score_masks(
                         trainer,
                         pl_module,
                         self._recovery(trainer, pl_module, name, inputs, calibration, s, holdout or None),
@@ -419,16 +367,17 @@ class RLPruneCallback(Callback):
                 ]
                 self.p_star = sum(p_star_scores) / len(p_star_scores)
         elif holdout:
-            level = scoring.evaluate(model, holdout, trainer.precision_plugin.forward_context)
+            level = scoring.evaluate(model, holdout, context, self.score)
         with (
             scoring.CandidateScorer(
                 model,
                 maps,
                 batches,
-                trainer.precision_plugin.forward_context,
+                context,
                 self.cache,
                 self.max_cache_mb,
                 calibration=calibration,
+                score=self.score,
             ) as scorer,
             tracking.SearchTracker(trainer, name, len(self.history), len(self.groups), self.agent_updates) as track,
         ):
@@ -437,16 +386,19 @@ class RLPruneCallback(Callback):
             if self.p_star is None:
                 self.p_star = level
             if baseline_cost is not None:
-                self.baseline = {**baseline_cost, "val_acc": _metric(trainer, self.monitor, self.p_star)}
+                monitored = self.monitored(trainer) if self.monitor is not None else None
+                self.baseline = {**baseline_cost, "val_acc": self.p_star if monitored is None else monitored}
                 if p_star_scores is not None:
                     self.baseline["p_star_scores"] = p_star_scores
             # A sample (scored without recovery, on the reward batches) counts as the level minus its own drop.
             offset = level - unpruned
-            p_ref = self._p_ref(level)
+            p_ref = decision.reference(self.drop_from, self.p_star, level, self.history)
+            budget = self._budget()
             step_stats = []
             for update in range(self.agent_updates):
                 masks = search.sample(self.num_samples)
-                rewards = self._rewards(_score_shared(trainer, pl_module, scorer, masks), masks, p_ref, offset)
+                scores = [s + offset for s in self._score_masks(trainer, pl_module, scorer, masks)]
+                rewards = decision.rewards(self.reward, scores, masks.sum(1).tolist(), size, p_ref, budget)
                 search.update(masks, rewards)
                 step_stats.append((float(rewards.mean()), float(rewards.max())))
                 track.update(update, rewards, search.probs())
@@ -462,28 +414,30 @@ class RLPruneCallback(Callback):
             )
         removed = (~keep).nonzero().flatten().tolist()
         if removed:
-            pl_module.prune(name, removed, graph)
-            context = trainer.precision_plugin.forward_context
-            scoring.reestimate_batchnorm(pl_module.model, calibration, context)
-        cost = self._cost(pl_module)
+            cut = self.cut(trainer, pl_module, {name: removed}, graph, calibration)
+            removed = cut.get(name, [])
         record = {
             "index": len(self.history),
             "name": name,
             "before": size,
             "after": size - len(removed),
-            "decision_acc": decision_acc,
+            "decision_acc": decision_acc if removed else level,
             "reference": level,
             "reward_mean": step_stats[-1][0],
             "reward_best": max(best for _, best in step_stats),
             "keep_probs": [round(p, 4) for p in search.probs().tolist()],
-            "budget": self._budget(),
-            **cost,
+            "budget": budget,
+            **self.cost(pl_module),
         }
         if recovery is not None:
             record["recovered_reference"] = level
         self.history.append(record)
         self.last_search = {"name": name, **search.state_dict()}
         tracking.log_layer(trainer, pl_module, record, self.baseline, len(self.groups), self.p_star, self.b)
+
+    def _score_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule, scorer: Any, masks: torch.Tensor):
+        """The scores of `masks`, each rank scoring its share."""
+        return self.score_shared(trainer, pl_module, lambda i: scorer.accuracy(masks[i]), len(masks))
 
     def _recovery(
         self,
@@ -498,15 +452,16 @@ class RLPruneCallback(Callback):
         """Scores candidates of group `name` after `recovery_steps` SGD steps on training batches drawn by `seed`,
         on `batches` (None: the first `recovery_batches` validation batches)."""
         return scoring.RecoveryScorer(
-            pl_module.model,
+            plan.network_of(pl_module),
             name,
             inputs,
             calibration,
-            scoring.first_batches(trainer, pl_module, "train", self.recovery_steps, seed=seed, shuffle=True),
-            batches or scoring.first_batches(trainer, pl_module, "val", self.recovery_batches or self.reward_batches),
+            self.batches(trainer, pl_module, "train", self.recovery_steps, seed=seed, shuffle=True),
+            batches or self.batches(trainer, pl_module, "val", self.recovery_batches or self.reward_batches),
             self.recovery_lr,
             trainer.precision_plugin.forward_context,
             seed,
+            self.score,
         )
 
     def _scored_batches(self) -> int:
@@ -519,7 +474,7 @@ class RLPruneCallback(Callback):
         if not self.holdout_batches:
             return []
         skip = self._scored_batches()
-        holdout = scoring.first_batches(trainer, pl_module, "val", skip + self.holdout_batches)[skip:]
+        holdout = self.batches(trainer, pl_module, "val", skip + self.holdout_batches)[skip:]
         if len(holdout) < self.holdout_batches:
             raise MisconfigurationException(self._holdout_message(skip + len(holdout)))
         return holdout
@@ -532,30 +487,8 @@ class RLPruneCallback(Callback):
             "more training data for validation."
         )
 
-    def _rewards(self, accs: list[float], masks: torch.Tensor, p_ref: float, offset: float = 0.0) -> torch.Tensor:
-        """The rewards of masks scoring `accs`, each scored as the accuracy `acc + offset`, against `p_ref`."""
-        reward_fn, size = REWARDS[self.reward], masks.shape[1]
-        budget = self._budget()
-        kept = masks.sum(1).tolist()
-        return torch.tensor([reward_fn(p_ref, a + offset, budget, size, k) for a, k in zip(accs, kept, strict=True)])
-
     def _budget(self) -> float:
         return budget_at(self.b, len(self.history), len(self.groups), self.budget_schedule, self.stakes)
-
-    def _p_ref(self, reference: float) -> float:
-        """The accuracy this layer's drops are measured from: `p*`, or (`drop_from="layer"`) the layer's own
-        unpruned score raised by the drops that the layers pruned before it were charged."""
-        if self.drop_from == "start":
-            return self.p_star
-        return reference + charged(r["reference"] - r["decision_acc"] for r in self.history)
-
-    def _choose(self, accs: list[float], masks: torch.Tensor, p_ref: float) -> int:
-        """The index of the mask the decision keeps among `masks` scoring `accs` (one of them keeps all)."""
-        if self.decision == "budget":
-            kept = masks.sum(1).tolist()
-            best = fewest_within([p_ref - a for a in accs], kept, self._budget())
-            return best if best is not None else kept.index(max(kept))
-        return int(self._rewards(accs, masks, p_ref).argmax())
 
     def _decide(
         self,
@@ -569,13 +502,11 @@ class RLPruneCallback(Callback):
         if self.decision == "greedy":
             return search.decision()
         masks = self._candidates(search)
-        accs = [a + offset for a in _score_shared(trainer, pl_module, scorer, masks)]
-        return masks[self._choose(accs, masks, p_ref)]
+        scores = [s + offset for s in self._score_masks(trainer, pl_module, scorer, masks)]
+        return masks[decision.choose(self.decision, self.reward, scores, masks, p_ref, self._budget())]
 
     def _candidates(self, search: LayerSearch) -> torch.Tensor:
-        """The agent's greedy mask and the masks keeping its `decision_counts` counts of most likely filters."""
-        ranked = ranked_masks(search.probs(), search.min_keep, self.decision_counts)
-        return torch.cat([search.decision()[None], ranked])
+        return decision.candidates(search.probs(), search.decision(), search.min_keep, self.decision_counts)
 
     def _decide_recovered(
         self,
@@ -589,101 +520,31 @@ class RLPruneCallback(Callback):
     ) -> tuple[torch.Tensor, float]:
         """The candidate the decision keeps, scored after recovery (keeping all: `reference`) and raised by `shift`
         (the layer's level minus `reference`), and its score."""
-        full = torch.ones_like(candidates[0])
-        unique = list({tuple(m.tolist()): m for m in candidates if not m.all()}.values())
-        masks = torch.stack([full, *unique])
-        accs = [a + shift for a in [reference, *_score_shared(trainer, pl_module, recovery, masks[1:])]]
-        best = int(trainer.strategy.broadcast(self._choose(accs, masks, p_ref), src=0))
-        return masks[best], accs[best]
+        masks = decision.unique_cuts(candidates)
+        scores = [s + shift for s in [reference, *self._score_masks(trainer, pl_module, recovery, masks[1:])]]
+        best = decision.choose(self.decision, self.reward, scores, masks, p_ref, self._budget())
+        best = int(trainer.strategy.broadcast(best, src=0))
+        return masks[best], scores[best]
 
     # -- resumable state -------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "groups": self.groups,
-            "stakes": self.stakes,
-            "done": self.done,
-            "p_star": self.p_star,
-            "baseline": self.baseline,
-            "history": self.history,
-            "last_search": self.last_search,
-            "rng": _get_rng(),
-        }
+    def _state(self) -> dict[str, Any]:
+        return {"stakes": self.stakes, "done": self.done, "p_star": self.p_star, "last_search": self.last_search}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        missing = [k for k in ("groups", "done", "p_star", "baseline", "history") if k not in state_dict]
-        if missing:
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if "done" not in state or "p_star" not in state:
             raise ValueError(
-                f"The checkpoint's RLPruneCallback state lacks {missing}: it was not saved by this callback. "
+                "The checkpoint's RLPruneCallback state lacks ['done', 'p_star']: it was not saved by this callback. "
                 "Resume from a checkpoint of an RLPruneCallback run, or start the run without ckpt_path."
             )
-        self.groups = list(state_dict["groups"])
-        self.stakes = state_dict.get("stakes", self.stakes)  # older checkpoints have none: keep setup's
-        self.done = int(state_dict["done"])
-        self.p_star = state_dict["p_star"]
-        self.baseline = state_dict["baseline"]
-        self.history = list(state_dict["history"])
-        self.last_search = state_dict.get("last_search")
-        if state_dict.get("rng") is not None:
-            # At once, not at the next epoch start: Lightning draws the first epoch's data order (and prefetches
-            # a batch) before any epoch hook of a resumed run.
-            _set_rng(state_dict["rng"])
+        self.stakes = state.get("stakes", self.stakes)  # older checkpoints have none: keep setup's
+        self.done = int(state["done"])
+        self.p_star = state["p_star"]
+        self.last_search = state.get("last_search")
 
 
-# -- helpers: data, distribution, random state ---------------------------------------------------------------
-
-
-def _metric(trainer: pl.Trainer, key: str, default: float | None = None) -> float | None:
-    value = trainer.callback_metrics.get(key)
-    return float(value) if value is not None else default
-
-
-def _declared_metrics(trainer: pl.Trainer, pl_module: ImageClassifier) -> tuple[str, ...] | None:
-    """What validation logs, known before it runs: an ImageClassifier whose validation code is its own and no
-    callback from outside Lightning and this package (those may log too). None: only a validation run tells."""
-    hooks = ("validation_step", "_step", "_log_accuracy", "on_validation_epoch_end", "on_validation_batch_end")
-    if any(getattr(type(pl_module), h, None) is not getattr(ImageClassifier, h, None) for h in hooks):
-        return None
-    own = ("pytorch_lightning", "lightning", "lightning_prune")
-    if any(type(cb).__module__.split(".")[0] not in own for cb in trainer.callbacks):
-        return None
-    return ImageClassifier.validation_metrics
-
-
-def _score_shared(
-    trainer: pl.Trainer,
-    pl_module: pl.LightningModule,
-    scorer: scoring.CandidateScorer | scoring.RecoveryScorer,
-    masks: torch.Tensor,
-) -> list[float]:
-    """Each rank scores its share of the masks; the accuracies are summed across ranks."""
-    accs = torch.zeros(len(masks), dtype=torch.float64, device=pl_module.device)
-    for i in range(trainer.global_rank, len(masks), trainer.world_size):
-        accs[i] = scorer.accuracy(masks[i])
-    if trainer.world_size > 1:
-        accs = trainer.strategy.reduce(accs, reduce_op="sum")
-    return accs.tolist()
-
-
-def _get_rng() -> dict[str, Any]:
-    """Global random states as tensors, lists and numbers (a checkpoint loads with `weights_only=True`)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [str(kind), keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "python": [int(version), list(internal), gauss_next],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng(state: dict[str, Any]) -> None:
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    version, internal, gauss_next = state["python"]
-    torch.set_rng_state(state["torch"])
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _describe(metric: MetricSpec) -> str:
+    """A metric argument as plain data for loggers."""
+    if metric is None:
+        return "top1"
+    return getattr(metric, "__name__", None) or type(metric).__name__

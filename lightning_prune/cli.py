@@ -8,12 +8,19 @@ lightning-prune export runs/quickstart/lightning_logs/version_0/checkpoints/*.ck
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
+import jsonargparse
 import pytorch_lightning as pl
+from jsonargparse import ArgumentError
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lightning_prune import export, report
 from lightning_prune.module import ImageClassifier
@@ -24,8 +31,37 @@ DESCRIPTION = (
     "Train, validate or test an ImageClassifier with any LightningDataModule (`--data.class_path`); add "
     "`lightning_prune.RLPruneCallback` under `trainer.callbacks` to prune it while it trains. Two more "
     "subcommands work on a saved checkpoint: `lightning-prune export CKPT --format onnx|torchscript|"
-    "exported-program` and `lightning-prune report CKPT [--json] [--plot FILE.png]`."
+    "exported-program` and `lightning-prune report CKPT [--json] [--plot FILE.png]`, each with "
+    "`--model-class package.module.ClassName` for a checkpoint of another LightningModule."
 )
+
+#: The first line of the parser's messages that name where in the configuration a value failed.
+_WHERE = re.compile(r"^(?:Parser key \"([^\"]+)\"|Problem with given class_path '([^']+)'):")
+_PARSER_DIR = os.path.dirname(jsonargparse.__file__)
+
+
+def _raised_by_parser(err: BaseException) -> bool:
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and frames[-1].filename.startswith(_PARSER_DIR)
+
+
+def config_error(prog: str, err: BaseException) -> NoReturn:
+    """Exit with code 2 after printing a configuration error's own message first: that of the first exception in
+    its chain of causes raised outside jsonargparse (a constructor's), else the parser's innermost one, prefixed
+    with where in the configuration it arose; then a pointer to the help. `JSONARGPARSE_DEBUG=true` raises `err`."""
+    if os.environ.get("JSONARGPARSE_DEBUG", "").lower() == "true":
+        raise err
+    chain: list[BaseException] = []
+    cause: BaseException | None = err
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    where = [name for e in chain if (match := _WHERE.match(str(e))) for name in match.groups() if name]
+    origin = next((e for e in chain if not _raised_by_parser(e)), chain[-1])
+    message = ": ".join([*dict.fromkeys(where), str(origin).strip()])
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"  `{prog} --help` lists the options; JSONARGPARSE_DEBUG=true shows the full report", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class PruneCLI(LightningCLI):
@@ -35,17 +71,33 @@ class PruneCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate", "test")}
 
+    def instantiate_classes(self) -> None:
+        """Build the configured objects; what a constructor refuses is a configuration error (see `config_error`)."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, MisconfigurationException) as err:
+            config_error(f"lightning-prune {self.subcommand}", err)
+
 
 def tool_parser() -> argparse.ArgumentParser:
     """Parser of the `export` and `report` subcommands."""
     parser = argparse.ArgumentParser(prog="lightning-prune", description="Export or inspect a pruned checkpoint.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("checkpoint", type=Path, help="a .ckpt file saved by the Trainer")
+    common.add_argument(
+        "--model-class",
+        default="lightning_prune.ImageClassifier",
+        metavar="package.module.ClassName",
+        help="the LightningModule class that saved the checkpoint, importable here or from the current folder "
+        "(default: %(default)s)",
+    )
     tools = parser.add_subparsers(dest="tool", required=True)
     exporter = tools.add_parser(
         "export",
         help="write the pruned network as a standalone model file",
         description="Write the pruned network of a checkpoint as a standalone model with a dynamic batch size.",
+        parents=[common],
     )
-    exporter.add_argument("checkpoint", type=Path, help="a .ckpt file saved by the Trainer")
     exporter.add_argument(
         "--format",
         required=True,
@@ -57,8 +109,8 @@ def tool_parser() -> argparse.ArgumentParser:
         "report",
         help="per-layer channels and whole-model cost of a pruned checkpoint",
         description="Channels before/after for every pruned layer, and params and MACs of the whole model.",
+        parents=[common],
     )
-    reporter.add_argument("checkpoint", type=Path, help="a .ckpt file saved by the Trainer")
     reporter.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     reporter.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar plot of channels per layer")
     return parser
@@ -68,15 +120,16 @@ def run_tool(argv: Sequence[str]) -> int:
     """Run `export` or `report`; user errors print one line on stderr and return exit code 2."""
     args = tool_parser().parse_args(list(argv))
     try:
+        model_class = export.import_model_class(args.model_class)
         if args.tool == "export":
-            result = export.export_checkpoint(args.checkpoint, args.format, args.output)
+            result = export.export_checkpoint(args.checkpoint, args.format, args.output, model_class=model_class)
             print(f"Wrote {args.format} model to {result.path}")
             if result.max_abs_diff is None:
                 print("Outputs not compared with PyTorch: onnxruntime is not installed")
             else:
                 print(f"Largest output difference from PyTorch at batch sizes 1 and 3: {result.max_abs_diff:.2e}")
         else:
-            data = report.build_report(args.checkpoint)
+            data = report.build_report(args.checkpoint, model_class)
             if args.plot is not None:
                 report.plot_channels(data, args.plot)
             if args.json:
@@ -96,15 +149,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in TOOLS:
         return run_tool(args)
-    PruneCLI(
-        ImageClassifier,
-        pl.LightningDataModule,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        parser_kwargs={"description": DESCRIPTION},
-        args=None if argv is None else args,
-    )
+    try:
+        PruneCLI(
+            ImageClassifier,
+            pl.LightningDataModule,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"description": DESCRIPTION, "exit_on_error": False},
+            args=None if argv is None else args,
+        )
+    except ArgumentError as err:
+        command = args[:1] if args and args[0] in PruneCLI.subcommands() else []
+        config_error(" ".join(["lightning-prune", *command]), err)
     return 0
 
 

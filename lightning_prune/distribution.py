@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from lightning_prune.metric import Score
 from lightning_prune.scoring import Batch, CandidateScorer
 from lightning_prune.surgery import out_channels, preserved_modes
 
@@ -361,6 +362,7 @@ class GroupScorer(CandidateScorer):
         forward_context: the Trainer precision's forward context (autocast), or None.
         calibration: training inputs on which each sample re-estimates the statistics of the BatchNorm layers
             from the first masked layer on before it is scored (empty: scored with the model's statistics).
+        score: what a sample is scored on (None: top-1 accuracy).
     """
 
     def __init__(
@@ -370,9 +372,12 @@ class GroupScorer(CandidateScorer):
         batches: Sequence[Batch],
         forward_context: Callable[[], AbstractContextManager] | None = None,
         calibration: Sequence[torch.Tensor] = (),
+        score: Score | None = None,
     ) -> None:
         unique = {m: idx for maps in group_maps.values() for m, idx in maps}
-        super().__init__(model, list(unique.items()), batches, forward_context, cache=False, calibration=calibration)
+        super().__init__(
+            model, list(unique.items()), batches, forward_context, cache=False, calibration=calibration, score=score
+        )
         self.group_maps = {
             name: [(m, idx.to(next(iter(m.parameters()), idx).device)) for m, idx in maps]
             for name, maps in group_maps.items()
@@ -383,7 +388,7 @@ class GroupScorer(CandidateScorer):
         self._scales = self._pending  # the masks come from `accuracy_of`, not from the one-group `keep`
 
     def accuracy_of(self, keeps: Mapping[str, torch.Tensor]) -> float:
-        """Accuracy (points) with the channels where each group's keep mask is False removed."""
+        """The score (points) with the channels where each group's keep mask is False removed."""
         scales: dict[nn.Module, torch.Tensor] = {}
         for name, keep in keeps.items():
             for module, idx in self.group_maps[name]:

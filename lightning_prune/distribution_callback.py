@@ -8,12 +8,11 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_prune import scoring, surgery, tracking
+from lightning_prune import plan, scoring, surgery
 from lightning_prune.distribution import (
     CRITERIA,
     CostModel,
@@ -28,13 +27,14 @@ from lightning_prune.distribution import (
     removed_filters,
 )
 from lightning_prune.measure import model_cost
-from lightning_prune.module import ImageClassifier
-from lightning_prune.policy import is_min_keep, min_keep_count
+from lightning_prune.metric import MetricSpec, Unpack
+from lightning_prune.orchestration import PruningCallback, _is_int
+from lightning_prune.policy import min_keep_count
 
 TARGET_TYPES = ("channels", "macs")
 
 
-class DistributionPruneCallback(Callback):
+class DistributionPruneCallback(PruningCallback):
     """Prune convolution filters to a global target, learning how many each channel group loses (RL-Pruner).
 
     Wang & Kindratenko (2024): layers differ in sensitivity, and the sensitivity changes as pruning proceeds.
@@ -73,8 +73,15 @@ class DistributionPruneCallback(Callback):
             BatchNorm layers its removals affect before it is scored, and the pruned model its own after each
             step (0: score with the model's statistics). See `RLPruneCallback`.
         min_keep: filters every group keeps: a count (int >= 1) or a fraction of its unpruned width (float in
-            (0, 1]). A group is never emptied.
+            (0, 1)). A group is never emptied.
         layers: layer names or fnmatch patterns selecting the groups to prune (None: every prunable group).
+        metric: what samples are scored on (None: top-1 agreement; a torchmetrics Metric or a callable
+            `(preds, target) -> float`), in points; see `RLPruneCallback`.
+        ignore_index: target value the default metric does not count.
+        unpack_batch: a function splitting a batch into `(inputs, target)` (None: the batch is that pair).
+        monitor: a logged metric reported as the summary's baseline and final value (None: `metric` on the
+            validation batches samples are scored on). Read for reporting only.
+        monitor_mode: "max" or "min": whether higher or lower `monitor` is better.
         seed: seeds the search; the same seed (and training) gives the same result.
 
     Example::
@@ -106,40 +113,38 @@ class DistributionPruneCallback(Callback):
         calibration_batches: int = 4,
         min_keep: int | float = 0.1,
         layers: list[str] | None = None,
+        metric: MetricSpec = None,
+        ignore_index: int | None = None,
+        unpack_batch: Unpack | None = None,
+        monitor: str | None = None,
+        monitor_mode: Literal["max", "min"] = "max",
         seed: int = 0,
     ) -> None:
-        super().__init__()
         checks = [
             (0 < target < 1, f"target={target} must be in (0, 1): the fraction of the model to remove"),
             (target_type in TARGET_TYPES, f"target_type={target_type!r} is unknown: use one of {TARGET_TYPES}"),
             (0 < step_size <= 1, f"step_size={step_size} must be in (0, 1]: the fraction removed per step"),
-            (start_epoch >= 0, f"start_epoch={start_epoch} must be >= 0"),
-            (finetune_epochs >= 0, f"finetune_epochs={finetune_epochs} must be >= 0"),
             (criterion in CRITERIA, f"criterion={criterion!r} is unknown: use one of {CRITERIA}"),
             (alpha >= 0, f"alpha={alpha} must be >= 0 (weight of the MACs reduction in Q)"),
             (beta >= 0, f"beta={beta} must be >= 0 (weight of the params reduction in Q)"),
-            (num_samples >= 1, f"num_samples={num_samples} must be >= 1"),
-            (updates >= 1, f"updates={updates} must be >= 1"),
-            (elite_size >= 1, f"elite_size={elite_size} must be >= 1"),
+            (_is_int(num_samples) and num_samples >= 1, f"num_samples={num_samples!r} must be >= 1 (an int)"),
+            (_is_int(updates) and updates >= 1, f"updates={updates!r} must be >= 1 (an int)"),
+            (_is_int(elite_size) and elite_size >= 1, f"elite_size={elite_size!r} must be >= 1 (an int)"),
             (noise >= 0, f"noise={noise} must be >= 0"),
             (0 <= epsilon <= 1, f"epsilon={epsilon} must be in [0, 1] (a probability)"),
             (0 < epsilon_decay <= 1, f"epsilon_decay={epsilon_decay} must be in (0, 1]"),
             (0 < lr <= 1, f"lr={lr} must be in (0, 1]"),
             (0 < clip < 1, f"clip={clip} must be in (0, 1)"),
-            (reward_batches >= 1, f"reward_batches={reward_batches} must be >= 1"),
-            (taylor_batches >= 1, f"taylor_batches={taylor_batches} must be >= 1"),
-            (calibration_batches >= 0, f"calibration_batches={calibration_batches} must be >= 0 (0 turns it off)"),
-            (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
+            (_is_int(reward_batches) and reward_batches >= 1, f"reward_batches={reward_batches!r} must be >= 1"),
+            (_is_int(taylor_batches) and taylor_batches >= 1, f"taylor_batches={taylor_batches!r} must be >= 1"),
         ]
-        checks.append((is_min_keep(min_keep), f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1]"))
-        for ok, message in checks:
-            if not ok:
-                raise MisconfigurationException(f"DistributionPruneCallback: {message}")
+        super().__init__(
+            layers, start_epoch, finetune_epochs, min_keep, calibration_batches, metric, ignore_index,
+            unpack_batch, monitor, monitor_mode, seed, checks,
+        )  # fmt: skip
         self.target = float(target)
         self.target_type = target_type
         self.step_size = float(step_size)
-        self.start_epoch = start_epoch
-        self.finetune_epochs = finetune_epochs
         self.criterion = criterion
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -153,16 +158,10 @@ class DistributionPruneCallback(Callback):
         self.clip = float(clip)
         self.reward_batches = reward_batches
         self.taylor_batches = taylor_batches
-        self.calibration_batches = calibration_batches
-        self.min_keep = min_keep
-        self.layers = list(layers) if layers is not None else None
-        self.seed = seed
-        self.groups: list[str] = []
         self.sizes: list[int] = []
         self.base: dict[str, int] | None = None
         self.p_star: float | None = None
         self.done = False
-        self.history: list[dict[str, Any]] = []
         self.search: DistributionSearch | None = None
         self._search_state: dict[str, Any] | None = None
 
@@ -171,42 +170,23 @@ class DistributionPruneCallback(Callback):
         keys = (
             "target", "target_type", "step_size", "start_epoch", "finetune_epochs", "criterion", "alpha", "beta",
             "num_samples", "updates", "elite_size", "noise", "epsilon", "epsilon_decay", "lr", "clip",
-            "reward_batches", "taylor_batches", "calibration_batches", "min_keep", "layers", "seed",
+            "reward_batches", "taylor_batches", "calibration_batches", "min_keep", "layers", "ignore_index",
+            "monitor", "monitor_mode", "seed",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
     # -- setup: every check before any training time is spent ---------------------------------------------
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not isinstance(pl_module, ImageClassifier):
-            raise MisconfigurationException(
-                "DistributionPruneCallback needs a `lightning_prune.ImageClassifier` (or a subclass): it records "
-                f"the pruning plan in the module's checkpoint. Got {type(pl_module).__name__}; wrap your network "
-                "as `ImageClassifier(model=your_network, num_classes=...)`."
-            )
-        model = pl_module.model
-        inputs = surgery.example_input(model, pl_module.plan.input_shape)
-        graph = surgery.build_graph(model, inputs)
+    def _setup_groups(self, trainer: pl.Trainer, network: nn.Module, inputs: torch.Tensor, graph: Any) -> None:
         if not self.groups:  # a resumed run keeps the groups it started with (restored after setup)
-            groups = surgery.channel_groups(model, graph, inputs)
-            if not groups:
-                raise MisconfigurationException(
-                    f"DistributionPruneCallback: {type(model).__name__} has no prunable convolution channels (no "
-                    "Conv2d whose output feeds another layer). Use a convolutional network."
-                )
-            try:
-                chosen = surgery.select_groups(groups, self.layers)
-            except ValueError as err:
-                raise MisconfigurationException(f"DistributionPruneCallback: {err}") from err
+            chosen = self._choose_groups(network, inputs, graph)
             self.groups = [g.name for g in chosen]
             self.sizes = [g.size for g in chosen]
-            self.base = model_cost(model, inputs).as_dict()
+            self.base = model_cost(network, inputs).as_dict()
         most = self._capacity(torch.tensor(self.sizes))
         reachable = int(most.sum()) / sum(self.sizes)
         if self.target_type == "macs":
-            macs = CostModel.of(model, graph, self.groups, inputs).cost(most)[0]
+            macs = CostModel.of(network, graph, self.groups, inputs).cost(most)[0]
             reachable = 1 - float(macs) / self.base["macs"]
         if reachable < self.target:
             raise MisconfigurationException(
@@ -214,17 +194,18 @@ class DistributionPruneCallback(Callback):
                 f"min_keep={self.min_keep} filters per group removes at most {reachable:.3f}. Lower the target or "
                 "min_keep, or prune more layers."
             )
-        steps = math.ceil(self.target / self.step_size - 1e-9)
-        needed = self.start_epoch + max(steps * self.finetune_epochs, 1)
-        if trainer.max_epochs is not None and 0 <= trainer.max_epochs < needed:
-            raise MisconfigurationException(
-                f"DistributionPruneCallback: the schedule needs max_epochs >= {needed} (start_epoch="
-                f"{self.start_epoch} + {steps} steps of step_size={self.step_size} x finetune_epochs="
-                f"{self.finetune_epochs}), got max_epochs={trainer.max_epochs}. Raise max_epochs or step_size, or "
-                "lower finetune_epochs."
-            )
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"distribution_prune": self.hparams})
+
+    def _steps(self) -> int:
+        return math.ceil(self.target / self.step_size - 1e-9)
+
+    def _schedule_epochs(self) -> int:
+        return self.start_epoch + max(self._steps() * self.finetune_epochs, 1)
+
+    def _schedule_text(self) -> str:
+        return (
+            f"start_epoch={self.start_epoch} + {self._steps()} steps of step_size={self.step_size} x "
+            f"finetune_epochs={self.finetune_epochs}"
+        )
 
     def _capacity(self, sizes: torch.Tensor) -> torch.Tensor:
         """Channels each group may still lose: all but `min_keep` of its unpruned width (at least one)."""
@@ -233,9 +214,8 @@ class DistributionPruneCallback(Callback):
 
     # -- schedule ------------------------------------------------------------------------------------------
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        while not self.done and self.start_epoch + len(self.history) * self.finetune_epochs <= trainer.current_epoch:
-            self._step(trainer, pl_module)
+    def _due(self, trainer: pl.Trainer) -> bool:
+        return not self.done and self.start_epoch + len(self.history) * self.finetune_epochs <= trainer.current_epoch
 
     def _reduction(self, sizes: torch.Tensor, cost: dict[str, int]) -> dict[str, float]:
         return {
@@ -267,8 +247,8 @@ class DistributionPruneCallback(Callback):
             )  # fmt: skip
             if self._search_state is not None:
                 self.search.load_state_dict(self._search_state)
-        model = pl_module.model
-        inputs = surgery.example_input(model, pl_module.plan.input_shape)
+        model = plan.network_of(pl_module)
+        inputs = surgery.example_input(model, self.input_shape)
         graph = surgery.build_graph(model, inputs)
         group_maps = {name: surgery.output_channel_maps(model, graph, name) for name in self.groups}
         sizes = torch.tensor([surgery.out_channels(model.get_submodule(name)) for name in self.groups])
@@ -276,11 +256,7 @@ class DistributionPruneCallback(Callback):
         counts_of = self._counts_rule(sizes, costs)
         context = trainer.precision_plugin.forward_context
         convs = list(dict.fromkeys(m for maps in group_maps.values() for m, _ in maps if isinstance(m, nn.Conv2d)))
-        taylor = (
-            scoring.first_batches(trainer, pl_module, "train", self.taylor_batches)
-            if self.criterion == "taylor"
-            else ()
-        )
+        taylor = self.batches(trainer, pl_module, "train", self.taylor_batches) if self.criterion == "taylor" else ()
         importance = group_importance(group_maps, filter_scores(model, convs, self.criterion, taylor, context))
 
         def removals(counts: torch.Tensor) -> dict[str, list[int]]:
@@ -288,35 +264,32 @@ class DistributionPruneCallback(Callback):
             pairs = zip(self.groups, counts.tolist(), strict=True)
             return {name: removed_filters(importance[name], c) for name, c in pairs if c > 0}
 
+        def sample_score(counts: torch.Tensor) -> float:
+            removed = removals(counts).items()
+            return scorer.accuracy_of({name: keep_mask(len(importance[name]), r) for name, r in removed})
+
         def score(counts: torch.Tensor) -> list[dict[str, float]]:
-            """Each rank scores its share of the samples; the accuracies are summed across ranks."""
-            accs = torch.zeros(len(counts), dtype=torch.float64, device=pl_module.device)
-            for i in range(trainer.global_rank, len(counts), trainer.world_size):
-                removed = removals(counts[i]).items()
-                accs[i] = scorer.accuracy_of({name: keep_mask(len(importance[name]), r) for name, r in removed})
-            if trainer.world_size > 1:
-                accs = trainer.strategy.reduce(accs, reduce_op="sum")
+            """Each rank scores its share of the samples."""
+            accs = self.score_shared(trainer, pl_module, lambda i: sample_score(counts[i]), len(counts))
             macs, params = costs.cost(counts)
             rows = []
-            for acc, m, p in zip(accs.tolist(), macs.tolist(), params.tolist(), strict=True):
+            for acc, m, p in zip(accs, macs.tolist(), params.tolist(), strict=True):
                 red_macs, red_params = 1 - m / self.base["macs"], 1 - p / self.base["params"]
                 q = q_score(acc, red_macs, red_params, self.alpha, self.beta)
                 rows.append({"q": q, "accuracy": acc, "macs_reduction": red_macs, "params_reduction": red_params})
             return rows
 
-        batches = scoring.first_batches(trainer, pl_module, "val", self.reward_batches)
+        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
         seed = self.seed + len(self.history)
-        calibration = scoring.calibration_inputs(trainer, pl_module, self.calibration_batches, seed)
-        with GroupScorer(model, group_maps, batches, context, calibration) as scorer:
+        calibration = self.calibration(trainer, pl_module, seed)
+        with GroupScorer(model, group_maps, batches, context, calibration, self.score) as scorer:
             if self.p_star is None:
                 self.p_star = scorer.accuracy()
+                monitored = self.monitored(trainer) if self.monitor is not None else None
+                self.baseline = {**self.base, "val_acc": self.p_star if monitored is None else monitored}
             epsilon = self.search.epsilon
             best = self.search.search(counts_of, score)
-        decision = trainer.strategy.broadcast(removals(best.counts), src=0)
-        for name, idxs in decision.items():
-            pl_module.prune(name, idxs, graph)
-        if decision:
-            scoring.reestimate_batchnorm(pl_module.model, calibration, context)
+        decision = self.cut(trainer, pl_module, removals(best.counts), graph, calibration)
         self._record(trainer, pl_module, decision, best.details, epsilon)
 
     def _record(
@@ -327,9 +300,9 @@ class DistributionPruneCallback(Callback):
         details: dict[str, float],
         epsilon: float,
     ) -> None:
-        model = pl_module.model
+        model = plan.network_of(pl_module)
         sizes = torch.tensor([surgery.out_channels(model.get_submodule(name)) for name in self.groups])
-        cost = model_cost(model, surgery.example_input(model, pl_module.plan.input_shape)).as_dict()
+        cost = self.cost(pl_module)
         reduction = self._reduction(sizes, cost)
         achieved = reduction[f"{self.target_type}_reduction"]
         if self.target_type == "channels":
@@ -360,58 +333,58 @@ class DistributionPruneCallback(Callback):
             metrics.update({f"prune/{k}": v for k, v in reduction.items()})
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
-        rank_zero_info(
-            f"[DistributionPrune] step {record['step'] + 1}: removed {sum(record['removed'].values())} channels "
-            f"from {len(decision)} groups, val acc of the decision {details['accuracy']:.2f} "
+        self.info(
+            f"step {record['step'] + 1}: removed {sum(record['removed'].values())} channels "
+            f"from {len(decision)} groups, val score of the decision {details['accuracy']:.2f} "
             f"(unpruned {self.p_star:.2f}), {self.target_type} -{100 * achieved:.1f}% (target "
             f"{100 * self.target:.0f}%)"
         )
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
         if not self.history:
-            return
+            return None
         if not self.done:
             rank_zero_warn(
                 f"DistributionPruneCallback: training ended before the target ({self.target} of "
                 f"{self.target_type}) was reached; raise max_epochs."
             )
-        model = pl_module.model
+        model = plan.network_of(pl_module)
         final = {name: surgery.out_channels(model.get_submodule(name)) for name in self.groups}
-        val_acc = trainer.callback_metrics.get("val_acc")
-        summary = {
+        return {
             "target": self.target,
             "target_type": self.target_type,
-            "baseline": {**self.base, "val_acc": self.p_star},
-            "final": {
-                **model_cost(model, surgery.example_input(model, pl_module.plan.input_shape)).as_dict(),
-                "val_acc": float(val_acc) if val_acc is not None else None,
-            },
+            "baseline": self.baseline,
+            "final": {**self.cost(pl_module), "val_acc": self._final_score(trainer, pl_module)},
             "layers": [
                 {"name": n, "before": s, "after": final[n]} for n, s in zip(self.groups, self.sizes, strict=True)
             ],
             "steps": self.history,
         }
-        tracking.write_summary(trainer, summary)
+
+    def _final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+        """`monitor`, or the metric on the validation batches samples are scored on."""
+        if self.monitor is not None:
+            return self.monitored(trainer)
+        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
+        return scoring.evaluate(
+            plan.network_of(pl_module), batches, trainer.precision_plugin.forward_context, self.score
+        )
 
     # -- resumable state -----------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {
-            "groups": self.groups,
             "sizes": self.sizes,
             "base": self.base,
             "p_star": self.p_star,
             "done": self.done,
-            "history": self.history,
             "search": self.search.state_dict() if self.search is not None else self._search_state,
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.groups = list(state_dict["groups"])
-        self.sizes = list(state_dict["sizes"])
-        self.base = state_dict["base"]
-        self.p_star = state_dict["p_star"]
-        self.done = bool(state_dict["done"])
-        self.history = list(state_dict["history"])
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.sizes = list(state["sizes"])
+        self.base = state["base"]
+        self.p_star = state["p_star"]
+        self.done = bool(state["done"])
         self.search = None
-        self._search_state = state_dict["search"]
+        self._search_state = state["search"]

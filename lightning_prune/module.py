@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -13,14 +12,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_prune import surgery
+from lightning_prune import plan
 from lightning_prune.models import build_model
-from lightning_prune.plan import PruningPlan
-
-_EXTRA_STATE = "_extra_state"  # where `nn.Module` keeps `get_extra_state()` in the state dict
+from lightning_prune.plan import PLAN_KEY, Prunable, PruningPlan
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(Prunable, pl.LightningModule):
     """Cross-entropy classifier whose accuracy is logged in percentage points (`train_acc`, `val_acc`, `test_acc`).
 
     The pruning plan (which channels were removed) is part of the module's state dict, so a checkpoint of a
@@ -48,6 +45,8 @@ class ImageClassifier(pl.LightningModule):
         model = ImageClassifier("vgg16", num_classes=10, model_kwargs={"width": 0.25})
         Trainer(max_epochs=30, callbacks=[RLPruneCallback(b=1.0)]).fit(model, datamodule=dm)
     """
+
+    pruning_root = "model"
 
     #: Metrics its validation logs (the callback checks `monitor` against them before training).
     validation_metrics: tuple[str, ...] = ("val_loss", "val_acc")
@@ -158,40 +157,24 @@ class ImageClassifier(pl.LightningModule):
         trainer = self._trainer
         if optimizers is None:
             optimizers = trainer.optimizers if trainer is not None else ()
-        inputs = surgery.example_input(self.model, self.plan.input_shape)
-        graph = graph if graph is not None else surgery.build_graph(self.model, inputs)
-        self.plan.steps.append(surgery.prune_step(self.model, graph, [name, True, list(idxs)], optimizers))
+        plan.prune(self, name, idxs, graph, optimizers)
         if trainer is not None and isinstance(trainer.strategy.model, DistributedDataParallel):
             trainer.strategy.model = self
             trainer.strategy.configure_ddp()
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return self.plan.state()
-
-    def set_extra_state(self, state: Any) -> None:
-        """Rebuild the saved pruned shapes before the weights are loaded (called first by `load_state_dict`).
-
-        The plan is tried on a copy first: one that does not fit this network leaves the module untouched.
-        """
-        target = self._read_plan(state)
-        todo = self.plan.pending(target)
-        if todo:
-            self._replayed_copy(todo, target)
-            surgery.replay(self.model, todo, surgery.example_input(self.model, target.input_shape))
-        self.plan = target
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another network before anything is loaded (Lightning calls this first)."""
         state = checkpoint.get("state_dict")
         if state is None:
             return
-        if _EXTRA_STATE not in state:
+        if PLAN_KEY not in state:
             raise ValueError(
                 "The checkpoint has no pruning plan (state_dict key '_extra_state'): it was not saved from a "
                 "lightning_prune ImageClassifier. Load it with the module class that saved it."
             )
-        target = self._read_plan(state[_EXTRA_STATE])
-        expected = {f"model.{k}": v.shape for k, v in self._replayed_copy(self.plan.pending(target), target).items()}
+        target = self._read_plan(state[PLAN_KEY])
+        replayed = plan.replayed_state(self.model, self.plan.pending(target), target.input_shape)
+        expected = {f"model.{k}": v.shape for k, v in replayed.items()}
         saved = {k: v.shape for k, v in state.items() if k.startswith("model.") and torch.is_tensor(v)}
         problems = [
             f"{k}: checkpoint {list(saved[k])}, model {list(s)}"
@@ -217,16 +200,3 @@ class ImageClassifier(pl.LightningModule):
                 f"expects {self.plan.input_shape[1:]}: build it with the same in_channels and image_size"
             )
         return target
-
-    def _replayed_copy(self, steps: list, target: PruningPlan) -> dict[str, torch.Tensor]:
-        """State dict of a copy of the network with `steps` applied (raises what a step of another network does)."""
-        model = copy.deepcopy(self.model)
-        try:
-            if steps:
-                surgery.replay(model, steps, surgery.example_input(model, target.input_shape))
-        except (ValueError, TypeError, IndexError, RuntimeError) as err:
-            raise ValueError(
-                f"The checkpoint's pruning plan does not fit this {type(self.model).__name__}: {err}. Load it into "
-                "the network it was saved from (`ImageClassifier.load_from_checkpoint(path)` rebuilds it)."
-            ) from err
-        return model.state_dict()

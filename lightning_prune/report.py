@@ -13,12 +13,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from lightning_prune import surgery
-from lightning_prune.export import CheckpointError, load_classifier, read_checkpoint
+from lightning_prune.export import CheckpointError, check_writable, load_pruned, read_checkpoint
 from lightning_prune.measure import model_cost
 from lightning_prune.module import ImageClassifier
-from lightning_prune.plan import PruningPlan
+from lightning_prune.plan import PLAN_KEY, PruningPlan, network_of
 
 
 def _callback_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
@@ -29,38 +30,43 @@ def _callback_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _unpruned(module: ImageClassifier) -> ImageClassifier:
-    """A freshly built, unpruned copy of the checkpoint's module (same constructor arguments)."""
-    accepted = inspect.signature(ImageClassifier.__init__).parameters
-    return ImageClassifier(**{k: v for k, v in module.hparams.items() if k in accepted})
+def _unpruned(module: nn.Module) -> nn.Module:
+    """A freshly built, unpruned copy of the checkpoint's module: its class called with its saved hyper-parameters
+    (those its constructor takes, as `load_from_checkpoint` does)."""
+    cls = type(module)
+    accepted = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    return cls(**{k: v for k, v in module.hparams.items() if takes_any or k in accepted})
 
 
 def _percent_removed(before: int, after: int) -> float:
     return round(100.0 * (1 - after / before), 2) if before else 0.0
 
 
-def build_report(path: str | Path) -> dict[str, Any]:
-    """Per-layer channels before/after and whole-model params and MACs (unpruned vs pruned) of a checkpoint.
+def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifier) -> dict[str, Any]:
+    """Per-layer channels before/after and whole-model params and MACs (unpruned vs pruned) of a checkpoint of a
+    `model_class` module.
 
     Raises:
-        CheckpointError: unreadable file, not an ImageClassifier checkpoint, or no pruning information in it.
+        CheckpointError: unreadable file, not a checkpoint of a pruned module, or no pruning information in it.
     """
     checkpoint = read_checkpoint(path)
-    plan = PruningPlan.from_state(checkpoint["state_dict"]["_extra_state"])
+    plan = PruningPlan.from_state(checkpoint["state_dict"][PLAN_KEY])
     callback = _callback_state(checkpoint)
     if not plan.steps and not (callback and callback["history"]):
         raise CheckpointError(
             f"'{path}' holds no pruning information: its pruning plan is empty and no RLPruneCallback search "
-            "is recorded in it. Report a checkpoint saved after RLPruneCallback (or ImageClassifier.prune) pruned."
+            "is recorded in it. Report a checkpoint saved after RLPruneCallback (or a `prune` call) pruned the model."
         )
-    pruned = load_classifier(path)
+    pruned = load_pruned(path, model_class)
     unpruned = _unpruned(pruned)
+    network_before, network_after = network_of(unpruned), network_of(pruned)
     searched = {r["name"]: r for r in callback["history"]} if callback else {}
     names = list(dict.fromkeys([*searched, *plan.layers]))
     layers = []
     for name in names:
-        before = surgery.out_channels(unpruned.model.get_submodule(name))
-        after = surgery.out_channels(pruned.model.get_submodule(name))
+        before = surgery.out_channels(network_before.get_submodule(name))
+        after = surgery.out_channels(network_after.get_submodule(name))
         record = searched.get(name, {})
         layers.append({
             "name": name,
@@ -70,8 +76,8 @@ def build_report(path: str | Path) -> dict[str, Any]:
             "decision_acc": record.get("decision_acc"),
         })  # fmt: skip
     shape = plan.input_shape
-    cost_before = model_cost(unpruned.model, surgery.example_input(unpruned.model, shape))
-    cost_after = model_cost(pruned.model, surgery.example_input(pruned.model, shape))
+    cost_before = model_cost(network_before, surgery.example_input(network_before, shape))
+    cost_after = model_cost(network_after, surgery.example_input(network_after, shape))
     totals = {
         key: {
             "before": getattr(cost_before, key),
@@ -87,9 +93,12 @@ def build_report(path: str | Path) -> dict[str, Any]:
             "layers_total": len(callback["groups"]),
             "baseline_val_acc": (callback["baseline"] or {}).get("val_acc"),
         }
+    model_name = pruned.hparams.get("model")  # an ImageClassifier's network name
+    if not isinstance(model_name, str):
+        model_name = model_class.__name__
     return {
         "checkpoint": str(path),
-        "model": pruned.hparams.get("model"),
+        "model": model_name,
         "input_shape": list(shape),
         "epoch": checkpoint.get("epoch"),
         "layers": layers,
@@ -133,7 +142,12 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
 
 
 def plot_channels(report: dict[str, Any], path: str | Path) -> Path:
-    """Bar plot of channels per layer before and after pruning, written as an image (PNG by the suffix)."""
+    """Bar plot of channels per layer before and after pruning, written as an image (PNG by the suffix).
+
+    Raises:
+        ValueError: a file cannot be written at `path` (see `export.check_writable`).
+    """
+    check_writable(path, "--plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -40,13 +40,16 @@ import pytorch_lightning as pl
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lightning_prune.metric import Score, TopOne, Unpack, unpack_pair
 from lightning_prune.surgery import build_graph, execution_order, out_channels, prune_step
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+#: `(inputs, target)` on the model's device.
+Batch = tuple[Any, torch.Tensor]
 
 #: Modules applied channel by channel that map a zero channel to zero: a channel mask commutes with them.
 _ZERO_KEEPING_MODULES = (
@@ -311,7 +314,8 @@ def split_before(
 
 
 class CandidateScorer(AbstractContextManager):
-    """Top-1 accuracy (percentage points) of the model with some channels of one group removed.
+    """The score (points of `score`, top-1 accuracy by default) of the model with some channels of one group
+    removed.
 
     Use as a context manager: on entry the model goes to eval mode (and channels_last), and the prefix
     activations are cached or the mask hooks installed; on exit modes, layout and hooks are restored, also
@@ -332,6 +336,7 @@ class CandidateScorer(AbstractContextManager):
         calibration: inputs (training images on the model's device) on which each candidate re-estimates the
             running statistics of the BatchNorm layers its mask affects before it is scored; empty: scored with
             the model's statistics.
+        score: what a candidate is scored on (`lightning_prune.metric`; None: top-1 accuracy).
 
     Example::
 
@@ -352,6 +357,7 @@ class CandidateScorer(AbstractContextManager):
         allow_slicing: bool = True,
         compile_suffix: bool = False,
         calibration: Sequence[torch.Tensor] = (),
+        score: Score | None = None,
     ) -> None:
         if not channel_maps:
             raise ValueError("CandidateScorer needs at least one (module, channel index) pair to mask")
@@ -360,6 +366,7 @@ class CandidateScorer(AbstractContextManager):
         self.size = len(channel_maps[0][1])
         self.batches = batches
         self.forward_context = forward_context or nullcontext
+        self.score = score or TopOne()
         self.cache = cache
         self.max_cache_bytes = max_cache_mb * 2**20
         self.channels_last = channels_last
@@ -485,15 +492,14 @@ class CandidateScorer(AbstractContextManager):
 
     def _forward_accuracy(self, keep: torch.Tensor) -> float:
         self.forward_passes += 1
-        correct, total = 0, 0
+        self.score.reset()
         with torch.inference_mode():
             self._apply(keep)
             self._calibrate()
             with self.forward_context():
                 for args, (_, y) in zip(self._inputs, self.batches, strict=True):
-                    correct = correct + (self._run(*args).argmax(-1) == y).sum()
-                    total += y.numel()
-        return 100.0 * int(correct) / max(total, 1)
+                    self.score.update(self._run(*args), y)
+        return self.score.compute()
 
     def _calibrate(self) -> None:
         """Re-estimate the affected BatchNorm statistics on the calibration inputs."""
@@ -541,11 +547,11 @@ def reestimate_batchnorm(
 
 
 class RecoveryScorer:
-    """Top-1 accuracy (percentage points) of a candidate after a short recovery, scored on a copy.
+    """The score (points) of a candidate after a short recovery, scored on a copy.
 
     The removed filters of the group rooted at layer `name` are removed physically from a deep copy of the model
     (with every coupled tensor), its BatchNorm statistics are re-estimated on `calibration`, and it takes one SGD
-    step (momentum 0.9, learning rate `lr`, cross-entropy) per batch of `training` before it is scored on
+    step (momentum 0.9, learning rate `lr`, cross-entropy over dim 1) per batch of `training` before it is scored on
     `batches`. The live model is never touched.
 
     The score of `CandidateScorer` is what the cut leaves before any training, a pessimistic forecast of what
@@ -565,6 +571,7 @@ class RecoveryScorer:
         lr: SGD learning rate of the recovery.
         forward_context: the Trainer precision's forward context (autocast), or None.
         seed: random state of the recovery (dropout), the same for every candidate.
+        score: what the copy is scored on (None: top-1 accuracy).
     """
 
     def __init__(
@@ -578,14 +585,16 @@ class RecoveryScorer:
         lr: float,
         forward_context: Callable[[], AbstractContextManager] | None = None,
         seed: int = 0,
+        score: Score | None = None,
     ) -> None:
         self.model, self.name, self.inputs = model, name, inputs
         self.calibration, self.training, self.batches = list(calibration), list(training), list(batches)
         self.lr, self.seed = lr, seed
         self.forward_context = forward_context or nullcontext
+        self.score = score
 
     def accuracy(self, keep: torch.Tensor | None = None) -> float:
-        """The recovered copy's accuracy with the group's filters outside `keep` removed (None: keep all)."""
+        """The recovered copy's score with the group's filters outside `keep` removed (None: keep all)."""
         device = self.inputs.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
             torch.manual_seed(self.seed)
@@ -602,24 +611,28 @@ class RecoveryScorer:
                     loss = F.cross_entropy(model(x), y)
                 loss.backward()
                 optimizer.step()
-        return evaluate(model, self.batches, self.forward_context)
+        return evaluate(model, self.batches, self.forward_context, self.score)
 
 
 def evaluate(
-    model: nn.Module, batches: Sequence[Batch], forward_context: Callable[[], AbstractContextManager] | None = None
+    model: nn.Module,
+    batches: Sequence[Batch],
+    forward_context: Callable[[], AbstractContextManager] | None = None,
+    score: Score | None = None,
 ) -> float:
-    """Top-1 accuracy (percentage points) of `model` in eval mode on `batches`; every submodule's mode is restored."""
+    """The score (points; None: top-1 accuracy) of `model` in eval mode on `batches`; modes are restored."""
+    score = score or TopOne()
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    correct = 0
+    score.reset()
     try:
         with torch.no_grad(), (forward_context or nullcontext)():
             for x, y in batches:
-                correct += int((model(x).argmax(-1) == y).sum())
+                score.update(model(x), y)
     finally:
         for module, training in modes:
             module.training = training
-    return 100.0 * correct / sum(len(y) for _, y in batches)
+    return score.compute()
 
 
 def _save_norms(norms: Iterable[_BatchNorm]) -> list[tuple[_BatchNorm, dict[str, torch.Tensor]]]:
@@ -657,6 +670,22 @@ def validation_loader(trainer: pl.Trainer) -> DataLoader:
     return loader
 
 
+def train_loader(trainer: pl.Trainer) -> DataLoader:
+    """The first training dataloader the Trainer was given (also at `setup`, before Lightning loads it).
+
+    Raises:
+        MisconfigurationException: the Trainer has no training dataloader.
+    """
+    loader = trainer.train_dataloader
+    if loader is None:
+        source = trainer.fit_loop._data_source
+        loader = source.dataloader() if source.is_defined() else None
+    loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
+    if not isinstance(loader, DataLoader):
+        raise MisconfigurationException("Pruning needs training batches: give the Trainer a train dataloader.")
+    return loader
+
+
 def first_batches(
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
@@ -664,23 +693,20 @@ def first_batches(
     count: int,
     seed: int | None = None,
     shuffle: bool = False,
+    unpack: Unpack = unpack_pair,
 ) -> list[Batch]:
-    """The first `count` batches of a split read in order, on the module's device: the same on every rank (no
-    distributed sampler), drawn under a forked RNG so augmentation leaves the training run's random stream alone.
-    With `seed`, augmentation draws from that seed: the same batches on every rank and after a resume; with
-    `shuffle`, the batches are drawn from the whole split in an order fixed by `seed`."""
-    if split == "val":
-        loader = validation_loader(trainer)
-    else:
-        loader = trainer.train_dataloader
-        loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
-        if not isinstance(loader, DataLoader):
-            raise MisconfigurationException("Pruning needs training batches: give the Trainer a train dataloader.")
+    """The first `count` batches of a split read in order, as `unpack` splits them into `(inputs, target)`, on the
+    module's device: the same on every rank (no distributed sampler), drawn under a forked RNG so augmentation
+    leaves the training run's random stream alone. With `seed`, augmentation draws from that seed: the same
+    batches on every rank and after a resume; with `shuffle`, the batches are drawn from the whole split in an
+    order fixed by `seed`."""
+    loader = validation_loader(trainer) if split == "val" else train_loader(trainer)
     convert = trainer.precision_plugin.convert_input
-    return [
-        (convert(x.to(pl_module.device)), y.to(pl_module.device))
-        for x, y in drawn_batches(loader, count, seed, shuffle)
-    ]
+    batches = []
+    for batch in drawn_batches(loader, count, seed, shuffle):
+        x, y = unpack(batch)
+        batches.append((convert(move_data_to_device(x, pl_module.device)), move_data_to_device(y, pl_module.device)))
+    return batches
 
 
 def drawn_batches(loader: DataLoader, count: int, seed: int | None = None, shuffle: bool = False) -> list[Batch]:
@@ -702,6 +728,8 @@ def batch_count(loader: DataLoader) -> int | None:
     return math.ceil(len(loader.dataset) / (loader.batch_size or 1))
 
 
-def calibration_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int, seed: int) -> list[torch.Tensor]:
-    """The images of the first `count` training batches, drawn from `seed`: what BatchNorm is re-estimated on."""
-    return [x for x, _ in first_batches(trainer, pl_module, "train", count, seed=seed)]
+def calibration_inputs(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, count: int, seed: int, unpack: Unpack = unpack_pair
+) -> list[torch.Tensor]:
+    """The inputs of the first `count` training batches, drawn from `seed`: what BatchNorm is re-estimated on."""
+    return [x for x, _ in first_batches(trainer, pl_module, "train", count, seed=seed, unpack=unpack)]

@@ -20,6 +20,28 @@ from lightning_prune.data import EmbeddedFashionMNISTDataModule
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per CPU this process may use (logical CPUs, unlike xdist's physical-core count when
+    psutil is installed; pyproject's `--maxprocesses` caps it). Each worker runs torch on one thread."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+#: Session fixtures too slow to compute once per xdist worker: the tests using one form an xdist group (with
+#: `--dist loadgroup`, pyproject's default), which runs on a single worker.
+SHARED_SLOW_FIXTURES = ("quickstart",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in SHARED_SLOW_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The whole session, fixtures included, runs torch on one intra-op thread (see `helpers.one_thread`)."""
@@ -29,7 +51,11 @@ def _one_thread():
 
 def _run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m lightning_prune.cli ARGS` from the repository root with the package importable."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",  # one torch thread, like the test process (and no oversubscription under xdist)
+    }
     return subprocess.run(
         [sys.executable, "-m", "lightning_prune.cli", *args],
         cwd=REPO,

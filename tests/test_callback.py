@@ -65,9 +65,19 @@ def trained_vgg(tmp_path_factory):
 
 
 def _macs_after_pruning(module: ImageClassifier, root, b: float, seed: int) -> int:
-    """MACs after the callback, with its default search, prunes two layers of a copy of `module`."""
+    """MACs after the callback prunes two layers of a copy of `module`, with the default search made shorter
+    (half the agent updates and decision counts, BatchNorm re-estimated on one batch rather than four)."""
     module = copy.deepcopy(module)
-    callback = RLPruneCallback(b=b, layers=LAYERS["vgg11"], finetune_epochs=0, reward_batches=1, seed=seed)
+    callback = RLPruneCallback(
+        b=b,
+        layers=LAYERS["vgg11"],
+        finetune_epochs=0,
+        reward_batches=1,
+        calibration_batches=1,
+        agent_updates=5,
+        decision_counts=8,
+        seed=seed,
+    )
     trainer = fast_trainer(root, [callback], max_epochs=1, limit_train_batches=1)
     trainer.fit(module, datamodule=tiny_data(batch_size=500, augment=False))  # rewards on the whole validation split
     return callback.history[-1]["macs"]
@@ -302,30 +312,17 @@ def test_fast_dev_run_prunes_what_epoch_0_schedules(tmp_path):
         ({"l1_prior": -0.5}, "l1_prior=-0.5 must be >= 0"),
         ({"holdout_batches": -1}, "holdout_batches=-1 must be >= 0"),
         ({"recovery_steps": 5, "decision": "greedy"}, "decision='greedy' scores none: use decision='reward'"),
+        ({"min_keep": 1.0}, r"min_keep=1.0 .*1.0 would keep every filter \(pass min_keep=1"),
+        ({"num_samples": 2.5}, r"num_samples=2.5 must be >= 1 \(an int\)"),
+        ({"layers": "features.0"}, r"layers='features.0' must be a list .*layers=\['features.0'\]"),
+        ({"b": float("inf")}, "b=inf must be > 0 and finite"),
+        ({"monitor_mode": "best"}, "monitor_mode='best' is unknown"),
+        ({"metric": "miou"}, "metric='miou' must be None, a torchmetrics Metric or a callable"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):
     with pytest.raises(MisconfigurationException, match=match):
         RLPruneCallback(**kwargs)
-
-
-class NotAClassifier(pl.LightningModule):
-    """A working LightningModule that is not an ImageClassifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self.net(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_acc", (self.net(x).argmax(1) == y).float().mean() * 100)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 class ValAccuracy(ImageClassifier):
@@ -347,20 +344,20 @@ def _trained_batches(trainer: pl.Trainer) -> int:
         (ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(1024, 10)), in_channels=1), {}, {}, "no prunable"),
         (tiny_classifier(), {"min_keep": 16}, {}, r"min_keep=16 leaves nothing to prune in \{'features.4': 16\}"),
         (tiny_classifier(), {}, {"max_epochs": 2}, "needs max_epochs >= 3"),
+        (tiny_classifier(), {}, {"max_epochs": 6, "max_steps": 4}, "max_steps=4 ends training before .* 7 steps"),
         (tiny_classifier(), {"monitor": "val_accuracy"}, {}, "'val_accuracy' is never logged.*val_loss, val_acc"),
         (tiny_classifier(), {}, {"limit_val_batches": 0}, "limit_val_batches=0"),
         (tiny_classifier(), {"holdout_batches": 16}, {}, "holdout_batches=16 needs .* after the 1 .* has 16"),
-        (NotAClassifier(), {}, {}, "needs a `lightning_prune.ImageClassifier`"),
     ],
     ids=[
         "unknown-layer",
         "nothing-prunable",
         "min-keep-too-large",
         "max-epochs",
+        "max-steps",
         "monitor",
         "no-val",
         "holdout",
-        "module",
     ],  # fmt: skip
 )
 def test_bad_setup_fails_before_training(tmp_path, module, callback_kwargs, trainer_kwargs, match):
@@ -380,9 +377,49 @@ def test_missing_validation_data_fails_before_training(tmp_path):
 
 
 def test_unlogged_monitor_of_a_custom_module_fails_after_the_sanity_check(tmp_path):
-    trainer = fast_trainer(tmp_path, [fast_callback()], num_sanity_val_steps=1)
+    trainer = fast_trainer(tmp_path, [fast_callback(monitor="val_acc")], num_sanity_val_steps=1)
     with pytest.raises(
         MisconfigurationException, match="'val_acc' is not logged.*Logged metrics: val_accuracy, val_loss"
     ):
         trainer.fit(ValAccuracy("vgg11", in_channels=1, model_kwargs={"width": 0.125}), datamodule=tiny_data())
     assert _trained_batches(trainer) == 0
+
+
+def test_unlogged_monitor_without_sanity_check_fails_before_the_first_search(tmp_path):
+    callback = fast_callback(monitor="val_acc")
+    trainer = fast_trainer(tmp_path, [callback])
+    with pytest.raises(MisconfigurationException, match="'val_acc' is not logged"):
+        trainer.fit(ValAccuracy("vgg11", in_channels=1, model_kwargs={"width": 0.125}), datamodule=tiny_data())
+    assert callback.history == [] and steps(trainer.lightning_module) == []
+
+
+@pytest.mark.parametrize(
+    ("changed", "match"), [({"b": 2.0}, "b=1.0 \\(now 2.0\\)"), ({"layers": ["features.4"]}, "layers=")]
+)
+def test_resuming_with_other_arguments_refuses(tmp_path, changed, match):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+    fast_trainer(tmp_path, [fast_callback(), saving], enable_checkpointing=True).fit(
+        tiny_classifier(), datamodule=tiny_data()
+    )
+    trainer = fast_trainer(tmp_path, [fast_callback(**changed)])
+    with pytest.raises(MisconfigurationException, match=f"pruned with {match}.*pass the checkpoint's values"):
+        trainer.fit(tiny_classifier(), datamodule=tiny_data(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")
+
+
+def test_a_cut_that_fails_at_run_time_is_skipped_with_model_optimizer_and_plan_restored(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("forced failure after the tensors were cut")
+
+    monkeypatch.setattr(surgery, "_remap_optimizer", fail)
+    module = tiny_classifier()
+    shapes = {k: v.shape for k, v in module.state_dict().items() if torch.is_tensor(v)}
+    trainer = fast_trainer(tmp_path, [fast_callback()])
+    with pytest.warns(UserWarning, match="cutting features.4 failed and was skipped .*forced failure"):
+        trainer.fit(module, datamodule=tiny_data())
+    assert steps(module) == []
+    assert {k: v.shape for k, v in module.state_dict().items() if torch.is_tensor(v)} == shapes
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.parameters()}
+    assert _trained_batches(trainer) == 3 * 3  # every epoch trained

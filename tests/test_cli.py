@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import importlib
+import json
+import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_prune import plan
 from lightning_prune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +88,158 @@ def test_tool_without_checkpoint_is_a_usage_error(capsys):
         main(["report"])
     assert exit_info.value.code == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def _callback_config(tmp_path: Path, init_args: str) -> str:
+    """A fit config whose RLPruneCallback has `init_args` (a YAML mapping)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "trainer:\n  logger: false\n  callbacks:\n    - class_path: lightning_prune.RLPruneCallback\n"
+        f"      init_args: {init_args}\n"
+        "model:\n  model: vgg11\n  in_channels: 1\n  model_kwargs: {width: 0.125}\n"
+        "data:\n  class_path: lightning_prune.data.EmbeddedFashionMNISTDataModule\n"
+    )
+    return str(config)
+
+
+@pytest.mark.parametrize(
+    ("init_args", "extra", "expected"),
+    [
+        ("{b: -1}", [], ["RLPruneCallback: b=-1"]),  # the callback's own message, from its constructor
+        ("{num_samples: 2.5}", [], ["num_samples", "2.5"]),  # the parser's, at the key that failed
+        ("{layers: features.0}", [], ["layers", "features.0"]),
+        ("{}", ["--model.lr", "-1"], ["lr must be positive"]),  # the model's constructor
+        ("{}", ["--trainer.bogus", "1"], ["unrecognized arguments: --trainer.bogus"]),
+    ],
+)
+def test_config_error_comes_first(tmp_path, capsys, init_args, extra, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", _callback_config(tmp_path, init_args), *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    first, *rest = err.splitlines()
+    assert first.startswith("lightning-prune fit: error: ")
+    assert all(text in first for text in expected), err
+    assert len(rest) == 1 and "lightning-prune fit --help" in rest[0], err
+
+
+def test_config_error_in_debug_mode_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("JSONARGPARSE_DEBUG", "true")
+    with pytest.raises(ValueError, match="Does not validate against any of the Union subtypes"):
+        main(["fit", "--config", _callback_config(tmp_path, "{b: -1}")])
+
+
+def test_missing_subcommand_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith('lightning-prune: error: expected "subcommand"')
+
+
+USER_MODULE = '''
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_prune.plan import Prunable
+
+
+class TinyNet(pl.LightningModule):
+    """A user's own classifier, unknown to lightning_prune."""
+
+    def __init__(self, width: int = 8, num_classes: int = 3):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class RootedNet(Prunable, TinyNet):
+    """The same with the `Prunable` mixin, its plan naming layers of `net`."""
+
+    pruning_root = "net"
+'''
+
+
+@pytest.fixture(scope="module")
+def user_checkpoints(tmp_path_factory):
+    """Checkpoints of `USER_MODULE`'s two classes, each pruned by `lightning_prune.plan` and trained one step; the
+    module file lies in the returned folder."""
+    root = tmp_path_factory.mktemp("user")
+    (root / "usernet.py").write_text(USER_MODULE)
+    sys.path.insert(0, str(root))
+    try:
+        usernet = importlib.import_module("usernet")
+    finally:
+        sys.path.remove(str(root))
+    data = DataLoader(TensorDataset(torch.randn(8, 1, 16, 16), torch.randint(0, 3, (8,))), batch_size=4)
+    for cls, layer in ((usernet.TinyNet, "net.0"), (usernet.RootedNet, "0")):
+        module = cls()
+        plan.attach(module, [1, 1, 16, 16])
+        plan.prune(module, layer, [0, 2, 5])
+        trainer = pl.Trainer(
+            accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+        )
+        trainer.fit(module, data)
+        trainer.save_checkpoint(root / f"{cls.__name__}.ckpt")
+    del sys.modules["usernet"]  # the tests import it afresh, from the current folder
+    return root
+
+
+@pytest.mark.parametrize(("name", "layer"), [("TinyNet", "net.0"), ("RootedNet", "0")])
+def test_report_and_export_of_a_user_module(user_checkpoints, monkeypatch, capsys, name, layer):
+    monkeypatch.chdir(user_checkpoints)  # `usernet` imports from the current folder, as a user's own code would
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    checkpoint, model_class = f"{name}.ckpt", f"usernet.{name}"
+    assert main(["report", checkpoint, "--model-class", model_class, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == name
+    assert [(lay["name"], lay["before"], lay["after"]) for lay in data["layers"]] == [(layer, 8, 5)]
+    assert 0 < data["macs"]["after"] < data["macs"]["before"]
+    for fmt, suffix in (("onnx", "onnx"), ("torchscript", "pt"), ("exported-program", "pt2")):
+        assert main(["export", checkpoint, "--model-class", model_class, "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        assert f"Wrote {fmt} model to {name}.{suffix}" in out
+        assert float(out.rsplit(": ", 1)[1]) < 1e-5  # the exported file's outputs match PyTorch's
+
+
+@pytest.mark.parametrize(
+    ("model_class", "expected"),
+    [
+        ("no_such_package.Net", "does not import"),
+        ("torch.nn.NoSuchClass", "module 'torch.nn' has no 'NoSuchClass'"),
+        ("torch.nn.Linear", "is not a LightningModule class"),
+        ("ImageClassifier", "is not a dotted path"),
+    ],
+)
+def test_bad_model_class_is_a_clear_error(tiny_checkpoints, capsys, model_class, expected):
+    assert main(["report", str(tiny_checkpoints["pruned"]), "--model-class", model_class]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lightning-prune report: error: --model-class {model_class!r}") and expected in err
+    assert err.count("\n") == 1
+
+
+def test_wrong_model_class_names_the_flag(user_checkpoints, tiny_checkpoints, monkeypatch, capsys):
+    monkeypatch.chdir(user_checkpoints)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert (
+        main(["export", str(tiny_checkpoints["pruned"]), "--format", "onnx", "--model-class", "usernet.TinyNet"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "Cannot rebuild the TinyNet" in err and "--model-class" in err and err.count("\n") == 1
+    assert main(["report", "TinyNet.ckpt"]) == 2
+    assert "--model-class" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 
 import numpy as np
 import onnxruntime
@@ -11,9 +13,10 @@ from lightning_prune.cli import main
 from lightning_prune.export import (
     FORMATS,
     CheckpointError,
+    check_writable,
     export_checkpoint,
     export_model,
-    load_classifier,
+    load_pruned,
     output_path,
     read_checkpoint,
 )
@@ -25,11 +28,11 @@ def _logits(module, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         return x, module.model.eval()(x)
 
 
-def test_load_classifier_rebuilds_pruned_shapes(tiny_checkpoints, tiny_pruned_layers):
-    module = load_classifier(tiny_checkpoints["pruned"])
+def test_load_pruned_rebuilds_pruned_shapes(tiny_checkpoints, tiny_pruned_layers):
+    module = load_pruned(tiny_checkpoints["pruned"])
     assert not module.training
     for name, removed in tiny_pruned_layers.items():
-        fresh = load_classifier(tiny_checkpoints["unpruned"]).model.get_submodule(name).out_channels
+        fresh = load_pruned(tiny_checkpoints["unpruned"]).model.get_submodule(name).out_channels
         assert module.model.get_submodule(name).out_channels == fresh - len(removed)
 
 
@@ -38,7 +41,7 @@ def test_export_round_trip_matches_pytorch(tiny_checkpoints, tmp_path, capsys, f
     out = tmp_path / f"model{FORMATS[fmt]}"
     assert main(["export", str(tiny_checkpoints["pruned"]), "--format", fmt, "--output", str(out)]) == 0
     assert f"Wrote {fmt} model to {out}" in capsys.readouterr().out
-    module = load_classifier(tiny_checkpoints["pruned"])
+    module = load_pruned(tiny_checkpoints["pruned"])
     for batch in (1, 3):
         x, expected = _logits(module, batch)
         if fmt == "onnx":
@@ -113,7 +116,7 @@ def test_pickled_objects_are_not_loaded(tmp_path):
 def test_checkpoint_of_another_module_is_refused(tmp_path):
     path = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"weight": torch.zeros(2)}}, path)
-    with pytest.raises(CheckpointError, match="not a checkpoint of a lightning_prune ImageClassifier"):
+    with pytest.raises(CheckpointError, match="not a checkpoint of a module pruned by lightning_prune"):
         read_checkpoint(path)
 
 
@@ -124,3 +127,52 @@ def test_unknown_format_is_refused(tiny_checkpoints, tmp_path, capsys):
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="Unknown export format 'tflite'"):
         export_model(torch.nn.Linear(2, 2), "tflite", tmp_path / "x", [1, 2])
+
+
+def _refuse_writes(monkeypatch, folder):
+    """`folder` made read-only (pytest's clean-up restores it); as root, whom permission bits do not stop, the
+    OS's refusal is simulated."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("case", ["parent is a file", "is a folder", "folder not writable"])
+def test_bad_output_path_is_a_clear_error(tiny_checkpoints, tmp_path, capsys, monkeypatch, fmt, case):
+    if case == "parent is a file":
+        (tmp_path / "file").write_text("")
+        out, expected = tmp_path / "file" / "sub" / "model.out", f"'{tmp_path / 'file'}' is a file, not a folder"
+    elif case == "is a folder":
+        out, expected = tmp_path, "it is a folder"
+    else:
+        (tmp_path / "locked").mkdir()
+        _refuse_writes(monkeypatch, tmp_path / "locked")
+        out, expected = tmp_path / "locked" / "model.out", "Permission denied"
+    assert main(["export", str(tiny_checkpoints["pruned"]), "--format", fmt, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lightning-prune export: error: Cannot write '{out}': {expected}"), err
+    assert err.count("\n") == 1 and "pass --output" in err
+    assert not out.is_file()
+
+
+def test_check_writable_accepts_new_folders_and_existing_files(tmp_path):
+    check_writable(tmp_path / "new" / "folders" / "model.onnx")
+    assert not (tmp_path / "new").exists()  # nothing is created by the check
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"old")
+    check_writable(existing)
+    assert existing.read_bytes() == b"old"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder: pass --plot"):
+        check_writable(tmp_path / "file" / "x.png", "--plot")
+
+
+def test_export_model_refuses_a_bad_path_before_tracing(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        export_model(torch.nn.Linear(2, 2), "onnx", tmp_path / "file" / "m.onnx", [1, 2])

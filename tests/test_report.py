@@ -87,3 +87,12 @@ def test_bad_path_is_a_clear_error(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("lightning-prune report: error: No checkpoint at")
+
+
+def test_unwritable_plot_path_is_a_clear_error(tiny_checkpoints, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    plot = tmp_path / "file" / "channels.png"
+    assert main(["report", str(tiny_checkpoints["pruned"]), "--plot", str(plot)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lightning-prune report: error: Cannot write '{plot}'") and "pass --plot" in err
+    assert err.count("\n") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from lightning_prune import surgery
@@ -410,3 +411,157 @@ def test_out_channels() -> None:
     assert surgery.out_channels(nn.BatchNorm2d(4)) == 4
     with pytest.raises(TypeError, match="ReLU"):
         surgery.out_channels(nn.ReLU())
+
+
+# -- grouped convolutions, output layer, dry run, rollback ------------------------------------------------
+
+
+class _Grouped(nn.Module):
+    """conv (8) -> BN -> grouped conv (8 -> 8, 2 groups) -> BN -> 1x1 conv -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.c(self.b(self.a(x))))
+
+
+def test_grouped_convolution_loses_the_same_channels_in_every_group() -> None:
+    torch.manual_seed(0)
+    model = _Grouped().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+    inputs, graph = _graph(model)
+    groups = {g.name: g for g in surgery.channel_groups(model, graph, inputs)}
+    assert groups["a.0"].unit == 2 and groups["b.0"].unit == 2 and groups["c.0"].unit == 1
+    assert surgery.channel_units(model, graph, "a.0") == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    x = torch.randn(2, 3, 32, 32)
+    reference = _masked_output(model, graph, "a.0", [1, 5], x)
+    step = surgery.prune_step(model, graph, ["a.0", True, [1]])  # widened to the whole unit
+    assert step == ["a.0", True, [1, 5]]
+    assert model.b[0].weight.shape == (8, 3, 3, 3) and model.b[0].in_channels == 6 and model.b[0].groups == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-4)
+    surgery.prune_step(model, graph, ["b.0", True, [0]])
+    assert model.b[0].weight.shape == (6, 3, 3, 3) and model.c[0].in_channels == 6
+    model(x)
+
+
+def test_output_layer_is_never_pruned() -> None:
+    torch.manual_seed(0)
+    model = build_model("squeezenet1_0", num_classes=10).eval()
+    inputs = surgery.example_input(model, [1, 3, 64, 64])
+    graph = surgery.build_graph(model, inputs)
+    skipped: dict[str, str] = {}
+    groups = surgery.channel_groups(model, graph, inputs, skipped)
+    assert all("classifier.1" not in g.members for g in groups)
+    assert "output" in skipped["classifier.1"]
+    with pytest.raises(ValueError, match="output"):
+        surgery.prune_step(model, graph, ["classifier.1", True, [0]])
+    assert model.classifier[1].out_channels == 10
+    passing, failed = surgery.dry_run(model, groups, inputs)
+    assert passing == groups and not failed
+
+
+class _HardCodedReshape(nn.Module):
+    """A forward that hard-codes the channel count: any cut of `a` breaks it, `b` can be cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Conv2d(3, 6, 3, padding=1)
+        self.a = nn.Conv2d(6, 8, 3, stride=8, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a(torch.relu(self.b(x)))
+        return self.fc(x.reshape(x.shape[0], 8, -1).mean(-1))
+
+
+def test_dry_run_reports_failing_groups_and_leaves_the_model_alone() -> None:
+    model = _HardCodedReshape()
+    inputs = surgery.example_input(model, [1, 3, 32, 32])
+    graph = surgery.build_graph(model, inputs)
+    groups = surgery.channel_groups(model, graph, inputs)
+    assert {g.name for g in groups} == {"a", "b"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    passing, failed = surgery.dry_run(model, groups, inputs)
+    assert [g.name for g in passing] == ["b"] and set(failed) == {"a"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    passing, reasons = surgery.candidate_groups(model, inputs)
+    assert [g.name for g in passing] == ["b"] and "a" in reasons
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("where", ["batchnorm", "optimizer"])
+def test_failed_cut_rolls_back_model_graph_and_optimizer(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, opt, _, (x, y) = _trained("sgd")
+    inputs, graph = _graph(model)
+    before = _state(model)
+    params = [list(g["params"]) for g in opt.param_groups]
+    momentum = {p: opt.state[p]["momentum_buffer"].clone() for p in params[0]}
+    attrs = {n: dict(vars(m)) for n, m in model.named_modules()}
+    history = list(graph.pruning_history())
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("forced failure after the tensors were cut")
+
+    if where == "batchnorm":  # the conv's weight and bias are already cut when the third tensor fails
+        base = tp.pruner.function.BasePruningFunc
+        original, calls = base._prune_parameter_and_grad, []
+
+        def third_fails(self: object, *args: object) -> object:
+            calls.append(1)
+            if len(calls) == 3:
+                boom()
+            return original(self, *args)
+
+        monkeypatch.setattr(base, "_prune_parameter_and_grad", third_fails)
+    else:  # every tensor is cut, the optimizer remap fails
+        monkeypatch.setattr(surgery, "_remap_optimizer", boom)
+    with pytest.raises(RuntimeError, match="forced failure"):
+        surgery.prune_step(model, graph, ["features.4", True, [0, 3]], optimizers=[opt])
+    monkeypatch.undo()
+    after = model.state_dict()
+    assert _shapes(model) == {k: tuple(v.shape) for k, v in before.items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    for n, m in model.named_modules():
+        assert vars(m).keys() == attrs[n].keys() and all(vars(m)[k] is v for k, v in attrs[n].items()), n
+    assert model.features[4].out_channels == 16 and model.features[5].num_features == 16
+    assert [list(g["params"]) for g in opt.param_groups] == params
+    assert all(opt.state[p]["momentum_buffer"] is not None for p in params[0])
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], momentum[p]) for p in params[0])
+    assert set(opt.state) == set(params[0]) and graph.pruning_history() == history
+    # the graph and the optimizer still work: the same cut now succeeds, and training goes on
+    surgery.prune_step(model, graph, ["features.4", True, [0, 3]], optimizers=[opt])
+    assert model.features[4].out_channels == 14
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def test_rollback_on_error_restores_hooks_and_reraises() -> None:
+    model = _model("vgg11")
+    calls = []
+    handle = model.features[0].register_forward_hook(lambda *a: calls.append(1))
+    _, graph = _graph(model)
+    with pytest.raises(KeyError), surgery.rollback_on_error(model, graph):
+        surgery.prune_step(model, graph, ["features.0", True, [1]], rollback=False)
+        raise KeyError("late")
+    assert model.features[0].out_channels == 16 and model.features[0].weight.shape[0] == 16
+    calls.clear()
+    handle.remove()  # the hook dict kept its identity: the handle still removes it
+    model(torch.zeros(1, 3, 32, 32))
+    assert not calls
+
+
+def test_out_channels_of_normalisation_layers() -> None:
+    assert surgery.out_channels(nn.GroupNorm(2, 6)) == 6
+    assert surgery.out_channels(nn.LayerNorm(12)) == 12

@@ -1,0 +1,135 @@
+"""LightningModules written as a user writes them (no base class from this package), under both namespaces, and
+the runs the user-module tests make of them. Also a subprocess entry: `user_modules.py ddp|reload ROOT ...`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_prune import DistributionPruneCallback, RLPruneCallback, load_module
+from lightning_prune.measure import model_cost
+
+#: Two coupled groups of resnet18: the stem with stage 1's residual stream, then a block's inner conv.
+LAYERS = ["backbone.conv1", "backbone.layer2.0.conv1"]
+NAMESPACES = {"lightning": L, "pytorch_lightning": pl}
+
+
+class _Classifier:
+    """A resnet18 in `self.backbone`, its own steps, torchmetrics accuracy logged as a fraction."""
+
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = torchvision.models.resnet18(num_classes=10)
+        self.val_accuracy = MulticlassAccuracy(num_classes=10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.val_accuracy(self(x), y)
+        self.log("val_accuracy", self.val_accuracy)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+
+class PLClassifier(_Classifier, pl.LightningModule):
+    """The user's module under `import pytorch_lightning as pl`."""
+
+
+class LClassifier(_Classifier, L.LightningModule):
+    """The user's module under `import lightning as L`."""
+
+
+CLASSES = {"lightning": LClassifier, "pytorch_lightning": PLClassifier}
+
+
+def loaders(size: int = 32, batch_size: int = 16) -> tuple[DataLoader, DataLoader]:
+    """Seeded random 3x32x32 images whose class sets the mean of the first channel (learnable)."""
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (2 * size,), generator=generator)
+    x = torch.randn(2 * size, 3, 32, 32, generator=generator)
+    x[:, 0] += y[:, None, None].float() / 3
+    train, val = TensorDataset(x[:size], y[:size]), TensorDataset(x[size:], y[size:])
+    return DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(val, batch_size=batch_size)
+
+
+def callback(kind: str, **kwargs: Any) -> RLPruneCallback | DistributionPruneCallback:
+    """Tiny search settings that really cut both groups."""
+    common = {"layers": LAYERS, "start_epoch": 1, "finetune_epochs": 1, "calibration_batches": 1}
+    if kind == "rl":
+        options = {"b": 1.0, "num_samples": 2, "agent_updates": 1, "reward_batches": 1, "init_keep": 0.3}
+        return RLPruneCallback(**{**common, **options, "decision": "greedy", "min_keep": 0.25, **kwargs})
+    options = {"target": 0.3, "step_size": 0.3, "num_samples": 2, "updates": 1, "elite_size": 1}
+    return DistributionPruneCallback(**{**common, **options, "reward_batches": 1, **kwargs})
+
+
+def trainer(namespace: str, root: Path, callbacks: list, **kwargs: Any):
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 3,
+        "limit_train_batches": 2,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "logger": False,
+        "default_root_dir": str(root),
+    }
+    return NAMESPACES[namespace].Trainer(callbacks=callbacks, **{**options, **kwargs})
+
+
+def macs(module: Any) -> int:
+    return model_cost(module.backbone, torch.zeros(1, 3, 32, 32)).macs
+
+
+def outputs(module: Any) -> torch.Tensor:
+    module.eval()
+    with torch.no_grad():
+        return module(torch.linspace(-1, 1, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)).float()
+
+
+def ddp_run(root: Path, namespace: str) -> None:
+    """Two CPU processes prune the user's module; each rank writes its channel counts and output checksum."""
+    NAMESPACES[namespace].seed_everything(0)
+    module = CLASSES[namespace]()
+    train, val = loaders()
+    run = trainer(namespace, root, [callback("rl")], strategy="ddp", devices=2, use_distributed_sampler=False)
+    run.fit(module, train, val)
+    shapes = {name: module.get_submodule(name).out_channels for name in LAYERS}
+    checksum = float(sum(p.detach().double().sum() for p in module.parameters()))
+    (root / f"rank{run.global_rank}.json").write_text(json.dumps({"shapes": shapes, "checksum": checksum}))
+
+
+def reload(namespace: str, checkpoint: Path, expected: Path) -> None:
+    """In a fresh process: load the checkpoint and check it gives the saved outputs."""
+    module = load_module(CLASSES[namespace], checkpoint)
+    assert torch.equal(outputs(module), torch.load(expected, weights_only=True)), "outputs differ after reloading"
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    if sys.argv[1] == "ddp":
+        ddp_run(Path(sys.argv[2]), sys.argv[3])
+    else:
+        reload(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
