@@ -20,7 +20,7 @@ def main() -> None:
     datamodule = EmbeddedFashionMNISTDataModule(batch_size=128)
     model = ImageClassifier("vgg11", num_classes=10, in_channels=1, model_kwargs={"width": 0.25})
     # Train the dense network for 5 epochs, prune one layer per epoch, fine-tune to the end.
-    pruner = RLPruneCallback(b=1.0, start_epoch=5, finetune_epochs=1, init_keep=0.8, agent_lr=0.1)
+    pruner = RLPruneCallback(b=1.0, start_epoch=5, finetune_epochs=1, init_keep=0.8, agent_lr=0.1, monitor="val_acc")
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=16,

@@ -19,7 +19,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_prune.module import ImageClassifier
+from lightning_prune.module import ImageClassifierBase
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -88,7 +88,7 @@ class DistillationCallback(Callback):
         self.teacher_epoch = teacher_epoch
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and not isinstance(pl_module, ImageClassifier):
+        if stage == "fit" and not isinstance(pl_module, ImageClassifierBase):
             raise MisconfigurationException(
                 "DistillationCallback needs a `lightning_prune.ImageClassifier` (or a subclass): it adds the "
                 f"distillation term through the module's `distiller`. Got {type(pl_module).__name__}."
@@ -110,5 +110,5 @@ class DistillationCallback(Callback):
             self._attach(pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and isinstance(pl_module, ImageClassifier):
+        if stage == "fit" and isinstance(pl_module, ImageClassifierBase):
             pl_module.distiller = None

@@ -1,4 +1,8 @@
-"""`ImageClassifier`: a LightningModule around any image-to-logits network, carrying its pruning plan."""
+"""`ImageClassifier`: a LightningModule around any image-to-logits network, carrying its pruning plan.
+
+`ImageClassifier` is a `pytorch_lightning.LightningModule`; `lightning_prune.lightning.ImageClassifier` is the
+same module for `import lightning as L` (a Trainer accepts only modules of its own namespace).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from lightning_prune.models import build_model
 from lightning_prune.plan import PLAN_KEY, Prunable, PruningPlan
 
 
-class ImageClassifier(Prunable, pl.LightningModule):
+class ImageClassifierBase(Prunable):
     """Cross-entropy classifier whose accuracy is logged in percentage points (`train_acc`, `val_acc`, `test_acc`).
 
     The pruning plan (which channels were removed) is part of the module's state dict, so a checkpoint of a
@@ -200,3 +204,7 @@ class ImageClassifier(Prunable, pl.LightningModule):
                 f"expects {self.plan.input_shape[1:]}: build it with the same in_channels and image_size"
             )
         return target
+
+
+class ImageClassifier(ImageClassifierBase, pl.LightningModule):
+    __doc__ = ImageClassifierBase.__doc__

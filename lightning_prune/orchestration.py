@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lightning_prune import plan, scoring, surgery, tracking
 from lightning_prune.measure import model_cost
 from lightning_prune.metric import MetricSpec, Score, Unpack, calibrate, make_score, unpack_pair
-from lightning_prune.module import ImageClassifier
+from lightning_prune.module import ImageClassifierBase
 from lightning_prune.policy import is_min_keep
 
 MONITOR_MODES = ("max", "min")
@@ -263,9 +263,11 @@ class PruningCallback(Callback):
         x, y = move_data_to_device(x, pl_module.device), move_data_to_device(y, pl_module.device)
         score = make_score(self.metric, self.ignore_index)
         network = plan.network_of(pl_module)
+        if torch.is_tensor(x) and x.is_floating_point():  # at setup the module is not converted to its precision yet
+            x = x.to(surgery.example_input(network, [1]).dtype)
         with surgery.preserved_modes(network), torch.no_grad(), trainer.precision_plugin.forward_context():
             network.eval()
-            preds = network(trainer.precision_plugin.convert_input(x))
+            preds = network(x)
         try:
             value = calibrate(score, preds, y)
         except ValueError as err:
@@ -355,8 +357,10 @@ class PruningCallback(Callback):
     # -- schedule ------------------------------------------------------------------------------------------
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The monitor must be known before the first step's work is spent (no sanity check ran without it).
-        if self.monitor is not None and not self._monitor_checked and self._due(trainer) and trainer.current_epoch:
+        # The monitor must be known before the first step's work is spent (no sanity check ran without it): a
+        # validation ran at the end of the last epoch.
+        validated = trainer.current_epoch > 0 and trainer.current_epoch % (trainer.check_val_every_n_epoch or 1) == 0
+        if validated and self._due(trainer):
             self._check_monitor(trainer)
         # The search leaves the global random streams as they were, so the data order and augmentation of
         # training are those of a run without pruning, and a resumed run continues them exactly.
@@ -490,15 +494,16 @@ class PruningCallback(Callback):
 def _declared_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[str, ...] | None:
     """What validation logs, known before it runs: an ImageClassifier whose validation code is its own and no
     callback from outside Lightning and this package (those may log too). None: only a validation run tells."""
-    if not isinstance(pl_module, ImageClassifier):
+    if not isinstance(pl_module, ImageClassifierBase):
         return None
     hooks = ("validation_step", "_step", "_log_accuracy", "on_validation_epoch_end", "on_validation_batch_end")
-    if any(getattr(type(pl_module), h, None) is not getattr(ImageClassifier, h, None) for h in hooks):
+    own = ("lightning_prune.module", "pytorch_lightning.", "lightning.")
+    if any(not getattr(getattr(type(pl_module), h), "__module__", "").startswith(own) for h in hooks):
         return None
-    own = ("pytorch_lightning", "lightning", "lightning_prune")
-    if any(type(cb).__module__.split(".")[0] not in own for cb in trainer.callbacks):
+    packages = ("pytorch_lightning", "lightning", "lightning_prune")
+    if any(type(cb).__module__.split(".")[0] not in packages for cb in trainer.callbacks):
         return None
-    return ImageClassifier.validation_metrics
+    return ImageClassifierBase.validation_metrics
 
 
 def _is_int(value: Any) -> bool:

@@ -81,12 +81,27 @@ class QuickstartRun:
     checkpoint: Path | None
 
 
+#: The quickstart config on a quarter of its compute: the same network kind (VGG-11, at half the width), schedule
+#: (5 dense epochs, then one layer pruned per epoch), search and budget b, on 20 of the 28 training batches per
+#: epoch, with BatchNorm re-estimated on one batch rather than four and one fine-tuning epoch after the last cut
+#: rather than three.
+QUICKSTART_OVERRIDES = (
+    "--model.model_kwargs.width=0.125",
+    "--trainer.limit_train_batches=20",
+    "--trainer.max_epochs=14",
+    "--trainer.callbacks.calibration_batches=1",
+)
+
+
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
-    """`lightning-prune fit --config configs/quickstart.yaml` once, writing under a temporary directory."""
+    """`lightning-prune fit --config configs/quickstart.yaml` with `QUICKSTART_OVERRIDES`, once, writing under a
+    temporary directory (the tests using it form one xdist group: see `SHARED_SLOW_FIXTURES`)."""
     root = tmp_path_factory.mktemp("quickstart")
     start = time.perf_counter()
-    process = _run_cli("fit", "--config", "configs/quickstart.yaml", "--trainer.default_root_dir", str(root))
+    process = _run_cli(
+        "fit", "--config", "configs/quickstart.yaml", *QUICKSTART_OVERRIDES, "--trainer.default_root_dir", str(root)
+    )
     seconds = time.perf_counter() - start
     summaries = sorted(root.glob("lightning_logs/version_*/pruning_summary.json"))
     log_dir = summaries[-1].parent if summaries else None

@@ -65,16 +65,18 @@ def trained_vgg(tmp_path_factory):
 
 
 def _macs_after_pruning(module: ImageClassifier, root, b: float, seed: int) -> int:
-    """MACs after the callback prunes two layers of a copy of `module`, with the default search made shorter
-    (half the agent updates and decision counts, BatchNorm re-estimated on one batch rather than four)."""
+    """MACs after the callback prunes two layers of a copy of `module`, with a shorter search than the default
+    (half the agent updates and sampled masks each, half the decision counts, BatchNorm re-estimated on one batch
+    rather than four)."""
     module = copy.deepcopy(module)
     callback = RLPruneCallback(
         b=b,
         layers=LAYERS["vgg11"],
         finetune_epochs=0,
+        num_samples=4,
+        agent_updates=5,
         reward_batches=1,
         calibration_batches=1,
-        agent_updates=5,
         decision_counts=8,
         seed=seed,
     )

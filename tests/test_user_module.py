@@ -142,3 +142,17 @@ def test_a_budget_that_looks_like_a_fraction_warns(tmp_path):
     )
     with pytest.warns(UserWarning, match="b=0.01|budget 0.01 looks like a fraction"):
         run.fit(CLASSES["pytorch_lightning"](), *loaders())
+
+
+def test_image_classifier_of_the_lightning_namespace_is_pruned_by_a_lightning_trainer(tmp_path):
+    from helpers import LAYERS as BUILTIN_LAYERS
+    from helpers import fast_callback, tiny_data
+
+    from lightning_prune.lightning import ImageClassifier
+
+    data = tiny_data()
+    data.setup("fit")
+    module = ImageClassifier("vgg11", in_channels=1, model_kwargs={"width": 0.125})
+    run = trainer("lightning", tmp_path, [fast_callback()], limit_train_batches=3)
+    run.fit(module, data.train_dataloader(), data.val_dataloader())
+    assert [s[0] for s in module.plan.steps] == BUILTIN_LAYERS["vgg11"]
