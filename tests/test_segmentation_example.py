@@ -52,8 +52,9 @@ def scenes():
     return data
 
 
-def trainer(max_epochs: int, callbacks: list[L.Callback] | None = None, **kwargs) -> L.Trainer:
-    return seg.make_trainer(max_epochs, callbacks, limit_train_batches=2, limit_val_batches=2, **kwargs)
+def trainer(root: Path, max_epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """Two training and two validation batches an epoch; the pruning summary is written under `root`."""
+    return seg.make_trainer(max_epochs, callbacks, limit_train_batches=2, limit_val_batches=2, default_root_dir=root)
 
 
 def pruner(**kwargs) -> RLPruneCallback:
@@ -86,7 +87,7 @@ def test_compose_scenes_is_deterministic_and_labels_garment_pixels() -> None:
     assert not torch.equal(masks, seg.compose_scenes(x_train[:100], y_train[:100], 8, seed=4)[1])
 
 
-def test_splits_do_not_share_garments(scenes) -> None:
+def test_datamodule_gives_image_mask_batches(scenes) -> None:
     assert {k: len(v) for k, v in scenes.splits.items()} == {"train": 48, "val": 32, "test": 16}
     x, y = next(iter(scenes.train_dataloader()))
     assert x.shape == (16, 1, 64, 64) and y.shape == (16, 64, 64)
@@ -96,16 +97,17 @@ def test_splits_do_not_share_garments(scenes) -> None:
 def test_pruning_shrinks_the_unet_and_keeps_every_class(scenes, metric, tmp_path) -> None:
     L.seed_everything(0)
     model = seg.SegmentationModule(width=8)
-    trainer(1).fit(model, datamodule=scenes)
+    trainer(tmp_path, 1).fit(model, datamodule=scenes)
     x = model.example_input_array
     before = seg.cost(model)
     callback = pruner(
         metric=MulticlassJaccardIndex(num_classes=seg.NUM_CLASSES) if metric else None,
         monitor="val_miou",
     )
-    pruned = trainer(1, [callback])
+    pruned = trainer(tmp_path, 1, [callback])
     pruned.fit(model, datamodule=scenes)
     after = seg.cost(model)
+    assert (tmp_path / "pruning_summary.json").is_file()
 
     assert after["macs"] < before["macs"] and after["params"] < before["params"]
     assert model.enc1[3].out_channels < 8 or model.bottleneck[3].out_channels < 32
