@@ -175,7 +175,6 @@ class RLPruneCallback(PruningCallback):
         counts = {
             "num_samples": num_samples,
             "agent_updates": agent_updates,
-            "reward_batches": reward_batches,
             "decision_counts": decision_counts,
             "p_star_draws": p_star_draws,
         }
@@ -221,13 +220,12 @@ class RLPruneCallback(PruningCallback):
             (max_cache_mb >= 0, f"max_cache_mb={max_cache_mb} must be >= 0"),
         ]
         super().__init__(
-            layers, start_epoch, finetune_epochs, min_keep, calibration_batches, metric, ignore_index,
-            unpack_batch, monitor, monitor_mode, seed, checks,
+            layers, start_epoch, finetune_epochs, min_keep, calibration_batches, reward_batches, metric,
+            ignore_index, unpack_batch, monitor, monitor_mode, seed, checks,
         )  # fmt: skip
         self.b = float(b)
         self.num_samples = num_samples
         self.agent_updates = agent_updates
-        self.reward_batches = reward_batches
         self.reward = reward
         self.agent_lr = agent_lr
         self.entropy_coef = entropy_coef
@@ -307,17 +305,8 @@ class RLPruneCallback(PruningCallback):
     def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
         if self.baseline is None:
             return None
-        final = {**self.cost(pl_module), "val_acc": self._final_score(trainer, pl_module)}
+        final = {**self.cost(pl_module), "val_acc": self.final_score(trainer, pl_module)}
         return {"b": self.b, "baseline": self.baseline, "final": final, "layers": self.history}
-
-    def _final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
-        """`monitor`, or the metric on the validation batches candidates are scored on."""
-        if self.monitor is not None:
-            return self.monitored(trainer)
-        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
-        return scoring.evaluate(
-            plan.network_of(pl_module), batches, trainer.precision_plugin.forward_context, self.score
-        )
 
     # -- one pruning point -----------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_prune import plan, scoring, surgery
+from lightning_prune import plan, surgery
 from lightning_prune.distribution import (
     CRITERIA,
     CostModel,
@@ -135,12 +135,11 @@ class DistributionPruneCallback(PruningCallback):
             (0 < epsilon_decay <= 1, f"epsilon_decay={epsilon_decay} must be in (0, 1]"),
             (0 < lr <= 1, f"lr={lr} must be in (0, 1]"),
             (0 < clip < 1, f"clip={clip} must be in (0, 1)"),
-            (_is_int(reward_batches) and reward_batches >= 1, f"reward_batches={reward_batches!r} must be >= 1"),
             (_is_int(taylor_batches) and taylor_batches >= 1, f"taylor_batches={taylor_batches!r} must be >= 1"),
         ]
         super().__init__(
-            layers, start_epoch, finetune_epochs, min_keep, calibration_batches, metric, ignore_index,
-            unpack_batch, monitor, monitor_mode, seed, checks,
+            layers, start_epoch, finetune_epochs, min_keep, calibration_batches, reward_batches, metric,
+            ignore_index, unpack_batch, monitor, monitor_mode, seed, checks,
         )  # fmt: skip
         self.target = float(target)
         self.target_type = target_type
@@ -156,7 +155,6 @@ class DistributionPruneCallback(PruningCallback):
         self.epsilon_decay = float(epsilon_decay)
         self.lr = float(lr)
         self.clip = float(clip)
-        self.reward_batches = reward_batches
         self.taylor_batches = taylor_batches
         self.sizes: list[int] = []
         self.base: dict[str, int] | None = None
@@ -354,21 +352,12 @@ class DistributionPruneCallback(PruningCallback):
             "target": self.target,
             "target_type": self.target_type,
             "baseline": self.baseline,
-            "final": {**self.cost(pl_module), "val_acc": self._final_score(trainer, pl_module)},
+            "final": {**self.cost(pl_module), "val_acc": self.final_score(trainer, pl_module)},
             "layers": [
                 {"name": n, "before": s, "after": final[n]} for n, s in zip(self.groups, self.sizes, strict=True)
             ],
             "steps": self.history,
         }
-
-    def _final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
-        """`monitor`, or the metric on the validation batches samples are scored on."""
-        if self.monitor is not None:
-            return self.monitored(trainer)
-        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
-        return scoring.evaluate(
-            plan.network_of(pl_module), batches, trainer.precision_plugin.forward_context, self.score
-        )
 
     # -- resumable state -----------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class PruningCallback(Callback):
         finetune_epochs: training epochs between two pruning steps.
         min_keep: filters every group keeps: a count (int >= 1) or a fraction of the group (float in (0, 1)).
         calibration_batches: training batches on which BatchNorm statistics are re-estimated (0: never).
+        reward_batches: validation batches candidates are scored on (and, without `monitor`, the final score).
         metric: what candidates are scored on: None (top-1 agreement of the argmax over dim 1 with integer
             targets: accuracy, or pixel accuracy for dense outputs), a torchmetrics `Metric`, or a callable
             `(preds, target) -> float`; higher is better, in points (a metric valued in [0, 1] counts x100).
@@ -68,6 +69,7 @@ class PruningCallback(Callback):
         finetune_epochs: int,
         min_keep: int | float,
         calibration_batches: int,
+        reward_batches: int,
         metric: MetricSpec,
         ignore_index: int | None,
         unpack_batch: Unpack | None,
@@ -87,6 +89,10 @@ class PruningCallback(Callback):
             (
                 _is_int(calibration_batches) and calibration_batches >= 0,
                 f"calibration_batches={calibration_batches!r} must be >= 0 (an int; 0 turns it off)",
+            ),
+            (
+                _is_int(reward_batches) and reward_batches >= 1,
+                f"reward_batches={reward_batches!r} must be >= 1 (an int)",
             ),
             (
                 layers is None or (isinstance(layers, (list, tuple)) and all(isinstance(x, str) for x in layers)),
@@ -120,6 +126,7 @@ class PruningCallback(Callback):
         self.finetune_epochs = finetune_epochs
         self.min_keep = min_keep
         self.calibration_batches = calibration_batches
+        self.reward_batches = reward_batches
         self.metric = metric
         self.ignore_index = ignore_index
         self.unpack_batch = unpack_batch
@@ -353,6 +360,15 @@ class PruningCallback(Callback):
         """The current value of `monitor` (None: not logged yet)."""
         value = trainer.callback_metrics.get(self.monitor) if self.monitor else None
         return float(value) if value is not None else None
+
+    def final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+        """`monitor`, or the metric on the validation batches candidates are scored on."""
+        if self.monitor is not None:
+            return self.monitored(trainer)
+        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
+        return scoring.evaluate(
+            plan.network_of(pl_module), batches, trainer.precision_plugin.forward_context, self.score
+        )
 
     # -- schedule ------------------------------------------------------------------------------------------
 
