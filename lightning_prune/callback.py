@@ -375,8 +375,7 @@ class RLPruneCallback(PruningCallback):
             if self.p_star is None:
                 self.p_star = level
             if baseline_cost is not None:
-                monitored = self.monitored(trainer) if self.monitor is not None else None
-                self.baseline = {**baseline_cost, "val_acc": self.p_star if monitored is None else monitored}
+                self.baseline = {**baseline_cost, "val_acc": self.baseline_score(trainer, self.p_star)}
                 if p_star_scores is not None:
                     self.baseline["p_star_scores"] = p_star_scores
             # A sample (scored without recovery, on the reward batches) counts as the level minus its own drop.

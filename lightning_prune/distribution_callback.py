@@ -283,8 +283,7 @@ class DistributionPruneCallback(PruningCallback):
         with GroupScorer(model, group_maps, batches, context, calibration, self.score) as scorer:
             if self.p_star is None:
                 self.p_star = scorer.accuracy()
-                monitored = self.monitored(trainer) if self.monitor is not None else None
-                self.baseline = {**self.base, "val_acc": self.p_star if monitored is None else monitored}
+                self.baseline = {**self.base, "val_acc": self.baseline_score(trainer, self.p_star)}
             epsilon = self.search.epsilon
             best = self.search.search(counts_of, score)
         decision = self.cut(trainer, pl_module, removals(best.counts), graph, calibration)

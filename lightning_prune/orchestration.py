@@ -217,14 +217,17 @@ class PruningCallback(Callback):
         passing, failed = surgery.dry_run(network, chosen, inputs)
         skipped.update(failed)
         reasons = "; ".join(f"{group}: {why}" for group, why in skipped.items())
+        # The layer producing the output is never pruned, as expected: no warning about it.
+        unexpected = {group: why for group, why in skipped.items() if not why.endswith("keeps all its outputs")}
         if not passing:
             raise MisconfigurationException(
                 f"{name}: {type(network).__name__} has no prunable convolution channels (no Conv2d whose output "
                 f"feeds another layer and can be cut){': ' + reasons if reasons else ''}. Use a convolutional "
                 "network, or select other `layers`."
             )
-        if skipped:
-            rank_zero_warn(f"{name}: these channel groups are left whole: {reasons}")
+        if unexpected:
+            shown = "; ".join(f"{group}: {why}" for group, why in unexpected.items())
+            rank_zero_warn(f"{name}: these channel groups are left whole: {shown}")
         return passing
 
     def _example_input(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
@@ -361,6 +364,10 @@ class PruningCallback(Callback):
         value = trainer.callback_metrics.get(self.monitor) if self.monitor else None
         return float(value) if value is not None else None
 
+    def baseline_score(self, trainer: pl.Trainer, p_star: float) -> float | None:
+        """The summary's baseline: `monitor` as logged now (None before it is), else `p_star` (the metric)."""
+        return self.monitored(trainer) if self.monitor is not None else p_star
+
     def final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
         """`monitor`, or the metric on the validation batches candidates are scored on."""
         if self.monitor is not None:
@@ -388,6 +395,7 @@ class PruningCallback(Callback):
         summary = self._summary(trainer, pl_module)
         if summary is None:
             return
+        summary["monitor"] = self.monitor or "metric"
         tracking.write_summary(trainer, summary)
         tracking.log_final(trainer, summary)
 

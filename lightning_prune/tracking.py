@@ -384,7 +384,8 @@ def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
     console.print(table)
     acc = ""
     if base["val_acc"] is not None and final["val_acc"] is not None:
-        acc = f"; val acc {base['val_acc']:.2f} -> {final['val_acc']:.2f}"
+        label = "val acc" if summary.get("monitor", "val_acc") == "val_acc" else summary["monitor"]
+        acc = f"; {label} {base['val_acc']:.2f} -> {final['val_acc']:.2f}"
     where = f" Written to {path}" if path else ""
     console.print(
         f"params {base['params']:,} -> {final['params']:,} ({100 * (1 - final['params'] / base['params']):.1f}% "
