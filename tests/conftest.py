@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+from filelock import FileLock
 from helpers import one_thread
 
 from lightning_prune import ImageClassifier
@@ -27,19 +28,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-#: Session fixtures too slow to compute once per xdist worker: the tests using one form an xdist group (with
-#: `--dist loadgroup`, pyproject's default), which runs on a single worker.
-SHARED_SLOW_FIXTURES = ("quickstart",)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        for name in SHARED_SLOW_FIXTURES:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -93,22 +81,41 @@ QUICKSTART_OVERRIDES = (
 )
 
 
+def _session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This test session's temporary directory, the same for every xdist worker (each has its own below it)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+
+
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
-    """`lightning-prune fit --config configs/quickstart.yaml` with `QUICKSTART_OVERRIDES`, once, writing under a
-    temporary directory (the tests using it form one xdist group: see `SHARED_SLOW_FIXTURES`)."""
-    root = tmp_path_factory.mktemp("quickstart")
-    start = time.perf_counter()
-    process = _run_cli(
-        "fit", "--config", "configs/quickstart.yaml", *QUICKSTART_OVERRIDES, "--trainer.default_root_dir", str(root)
-    )
-    seconds = time.perf_counter() - start
+    """`lightning-prune fit --config configs/quickstart.yaml` with `QUICKSTART_OVERRIDES`, writing under a
+    temporary directory: once per session, even under xdist, where the first worker to need it runs it while any
+    other one waits on a file lock, then reads the same outcome."""
+    shared = _session_dir(tmp_path_factory)
+    root, outcome = shared / "quickstart", shared / "quickstart.json"
+    with FileLock(shared / "quickstart.lock"):
+        if not outcome.exists():
+            root.mkdir(exist_ok=True)  # a worker that died while running it may have left it
+            start = time.perf_counter()
+            process = _run_cli(
+                "fit",
+                "--config",
+                "configs/quickstart.yaml",
+                *QUICKSTART_OVERRIDES,
+                "--trainer.default_root_dir",
+                str(root),
+            )
+            seconds = time.perf_counter() - start
+            fields = {"args": process.args, "returncode": process.returncode, "stdout": process.stdout}
+            outcome.write_text(json.dumps({**fields, "stderr": process.stderr, "seconds": seconds}))
+    ran = json.loads(outcome.read_text())
     summaries = sorted(root.glob("lightning_logs/version_*/pruning_summary.json"))
     log_dir = summaries[-1].parent if summaries else None
     checkpoints = sorted(log_dir.glob("checkpoints/*.ckpt")) if log_dir else []
     return QuickstartRun(
-        process=process,
-        seconds=seconds,
+        process=subprocess.CompletedProcess(ran["args"], ran["returncode"], ran["stdout"], ran["stderr"]),
+        seconds=ran["seconds"],
         log_dir=log_dir,
         summary=json.loads(summaries[-1].read_text()) if summaries else None,
         checkpoint=checkpoints[-1] if checkpoints else None,
