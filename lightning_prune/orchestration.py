@@ -286,7 +286,7 @@ class PruningCallback(Callback):
                 "-> float that takes them, or `unpack_batch=` if the target is not the batch's second item."
             ) from err
         self._score = score
-        if 0 < self._budget_points() < 0.05 and value > 1.0:
+        if 0 < self._budget_points() < 0.05:
             rank_zero_warn(
                 f"{type(self).__name__}: the budget {self._budget_points()} looks like a fraction, but it is in "
                 f"points of the metric (the unpruned model scores {value:.2f} on a validation batch): 1.0 allows "
