@@ -726,10 +726,3 @@ def batch_count(loader: DataLoader) -> int | None:
     if not hasattr(loader.dataset, "__len__"):
         return None
     return math.ceil(len(loader.dataset) / (loader.batch_size or 1))
-
-
-def calibration_inputs(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, count: int, seed: int, unpack: Unpack = unpack_pair
-) -> list[torch.Tensor]:
-    """The inputs of the first `count` training batches, drawn from `seed`: what BatchNorm is re-estimated on."""
-    return [x for x, _ in first_batches(trainer, pl_module, "train", count, seed=seed, unpack=unpack)]

@@ -86,22 +86,24 @@ def fast_callback(**kwargs: Any) -> RLPruneCallback:
     return RLPruneCallback(**options)
 
 
+#: A quiet CPU Trainer on a few batches (`fast_trainer`; the user-module tests build the same under `lightning`).
+FAST_TRAINER: dict[str, Any] = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "max_epochs": 3,
+    "limit_train_batches": 3,
+    "limit_val_batches": 1,
+    "num_sanity_val_steps": 0,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "enable_checkpointing": False,
+    "logger": False,
+}
+
+
 def fast_trainer(root: Path, callbacks: list[Callback] | None = None, **kwargs: Any) -> pl.Trainer:
     """A quiet CPU Trainer on a few batches; keyword arguments override the defaults."""
-    options: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 3,
-        "limit_train_batches": 3,
-        "limit_val_batches": 1,
-        "num_sanity_val_steps": 0,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "logger": False,
-        "default_root_dir": str(root),
-    }
-    options.update(kwargs)
+    options = {**FAST_TRAINER, "default_root_dir": str(root), **kwargs}
     return pl.Trainer(callbacks=callbacks or [], **options)
 
 

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
+from helpers import FAST_TRAINER
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -83,20 +84,9 @@ def callback(kind: str, **kwargs: Any) -> RLPruneCallback | DistributionPruneCal
 
 
 def trainer(namespace: str, root: Path, callbacks: list, **kwargs: Any):
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 3,
-        "limit_train_batches": 2,
-        "limit_val_batches": 1,
-        "num_sanity_val_steps": 0,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "logger": False,
-        "default_root_dir": str(root),
-    }
-    return NAMESPACES[namespace].Trainer(callbacks=callbacks, **{**options, **kwargs})
+    """`helpers.fast_trainer`'s Trainer (2 training batches an epoch) under either namespace."""
+    options = {**FAST_TRAINER, "limit_train_batches": 2, "default_root_dir": str(root), **kwargs}
+    return NAMESPACES[namespace].Trainer(callbacks=callbacks, **options)
 
 
 def macs(module: Any) -> int:
