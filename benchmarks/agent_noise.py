@@ -1,7 +1,7 @@
 """How far a layer's agent moves when its rewards carry no signal: each of `--updates` REINFORCE updates of
 `policy.LayerSearch` gets K rewards drawn from a standard normal, as if every sampled mask scored alike up to
 noise. An agent that ends confident here ranks filters by noise. Prints JSON per agent learning rate and L1-norm
-prior (`RLPruneCallback(agent_lr=..., l1_prior=...)`), averaged over the convolutions of the model and `--seeds`
+prior (`RLOptions(agent_lr=..., l1_prior=...)`), averaged over the convolutions of the model and `--seeds`
 seeds: the spread of the logit change from the start (`logit_shift_std`), the share of filters ending with a keep
 probability below 0.01 or above 0.99 (`saturated`), and the rank correlation of the final keep probabilities with
 the filters' L1 norms (`l1_rank_corr`; 1 with a strong prior that the updates left in place).

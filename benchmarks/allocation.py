@@ -11,15 +11,9 @@ MACs are, and cuts the late ones deeper, where the parameters are; T > 0 the rev
 (a residual stream) keeps `exp(S / 2)` times its share, every other group (a block's inner conv) `exp(-S / 2)`
 times; S > 0 keeps the streams fuller and cuts the blocks deeper, S < 0 the reverse.
 
-With `--score-recovered`, nothing is fine-tuned: each allocation is scored the way `RLPruneCallback`'s recovered
-decision scores a candidate (BatchNorm re-estimated on `--calibration-batches` training batches, `--recovery-steps`
-SGD steps at `--recovery-lr`, scored on `--recovery-batches` validation batches), averaged over `--p-star-draws`
-draws of the recovery's training batches, next to the unpruned baseline scored the same way. It asks whether the
-score the search reads ranks allocations as the fine-tuned test accuracy does.
-
-It separates what the RL search chose (how many filters each layer keeps) from how its run trained: pruned layer by
-layer with fine-tuning between the layers, an RL run trains its final network as a whole only after the last cut,
-while the rule-based methods of `bsweep.py` train theirs for the whole budget. Every flag other than `--summary` and
+It separates what an RL run chose (how many filters each layer keeps) from how its run trained: each allocation
+is cut once from the baseline and fine-tuned for the sweep's whole budget, as the rule-based methods of `bsweep.py`
+are. Every flag other than `--summary` and
 `--output` is `bsweep.py`'s and must be the sweep's (baseline checkpoint in `--work`, split, fine-tuning budget).
 Each RL run of a sweep writes its `pruning_summary.json` into its log folder, `<work>/rl_b<b>/version_<n>/`.
 
@@ -118,56 +112,6 @@ def tilted_layers(base: Path, tilt: float, macs_removed: float, stream_tilt: flo
     return best[1]
 
 
-def recovered_scores(
-    args: argparse.Namespace, dm: pl.LightningDataModule, module: ImageClassifier, draws: int
-) -> list[float]:
-    """Validation accuracy of `module` after the recovered decision's short recovery, one per draw of training
-    batches (draw s shuffles them with seed `args.seed + s`, as the callback's `p*` draws do)."""
-    model = module.model
-    x = surgery.example_input(model, module.plan.input_shape)
-    train, val = dm.train_dataloader(), dm.val_dataloader()
-    calibration = [images for images, _ in scoring.drawn_batches(train, args.calibration_batches, args.seed)]
-    batches = scoring.drawn_batches(val, args.recovery_batches or args.reward_batches)
-    root = surgery.channel_groups(model, surgery.build_graph(model, x), x)[0].name  # read only to cut a mask: none here
-    return [
-        scoring.RecoveryScorer(
-            model,
-            root,
-            x,
-            calibration,
-            scoring.drawn_batches(train, args.recovery_steps, args.seed + s, shuffle=True),
-            batches,
-            args.recovery_lr,
-            seed=args.seed + s,
-        ).accuracy()
-        for s in range(draws)
-    ]
-
-
-def score_recovered(
-    args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, layers: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """Cut the baseline to `layers`' counts (none: the baseline itself) and score it after the recovered
-    decision's short recovery, with its MACs and params."""
-    module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **bsweep.finetune_overrides(args))
-    cut_to_counts(module, layers)
-    dm.setup("fit")
-    scores = recovered_scores(args, dm, module, args.p_star_draws)
-    x = surgery.example_input(module.model, module.plan.input_shape)
-    return {
-        "recovered_acc": sum(scores) / len(scores),
-        "recovered_draws": scores,
-        **model_cost(module.model, x).as_dict(),
-        "kept": {layer["name"]: layer["after"] for layer in layers},
-        "seed": args.seed,
-    }
-
-
-def score_baseline(args: argparse.Namespace, dm: pl.LightningDataModule) -> dict[str, Any]:
-    base = _baseline(args, A_SWEEP)
-    return {**score_recovered(args, dm, base, []), "method": "baseline"}
-
-
 def retrain(
     args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, layers: list[dict[str, Any]], b: float | None
 ) -> dict[str, Any]:
@@ -200,7 +144,7 @@ def retrain_tilted(
     stream_tilt: float,
 ) -> dict[str, Any]:
     base = _baseline(args, A_SWEEP)
-    run = score_recovered(args, dm, base, layers) if args.score_recovered else retrain(args, dm, base, layers, None)
+    run = retrain(args, dm, base, layers, None)
     return {**run, "method": "tilted", "tilt": tilt, "stream_tilt": stream_tilt, "macs_target": macs_removed}
 
 
@@ -219,11 +163,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--output", type=Path, required=True, help="results JSON")
     p.add_argument(
-        "--score-recovered",
-        action="store_true",
-        help="score each tilted allocation after the recovered decision's short recovery instead of fine-tuning it",
-    )
-    p.add_argument(
         "--criterion",
         default="l1",
         choices=CRITERIA,
@@ -237,21 +176,12 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--tilt needs --macs-removed: the fractions of the baseline's MACs each tilted allocation removes")
     if own.summary and own.stream_tilt != [0.0]:
         p.error("--stream-tilt goes with --tilt: an RL run's allocation (--summary) has its own counts")
-    if own.score_recovered and not own.tilt:
-        p.error("--score-recovered goes with --tilt: it scores tilted allocations instead of fine-tuning them")
-    if own.score_recovered and own.criterion != "l1":
-        p.error(
-            "--criterion goes with fine-tuning: --score-recovered scores allocations cut by the L1 norm; "
-            "drop --criterion, or drop --score-recovered to fine-tune the Taylor cut"
-        )
     if own.taylor_batches < 1:
         p.error(f"--taylor-batches {own.taylor_batches} must be >= 1, e.g. 8")
     if any(not 0 < f < 1 for f in own.macs_removed):
         p.error(f"--macs-removed {own.macs_removed}: each fraction must lie in (0, 1), e.g. 0.7 for 70 % fewer MACs")
     args = bsweep.parse([*rest, "--output", str(own.output)])
-    if own.score_recovered and args.recovery_steps < 1:
-        p.error("--score-recovered needs --recovery-steps >= 1: the SGD steps of the recovery, e.g. 60")
-    args.score_recovered, args.criterion, args.taylor_batches = own.score_recovered, own.criterion, own.taylor_batches
+    args.criterion, args.taylor_batches = own.criterion, own.taylor_batches
     dm = bsweep.datamodule(args)
     if own.summary:
         runs = [retrain_summary(args, dm, path) for path in own.summary]
@@ -259,8 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         base = _baseline(args, A_SWEEP)
         family = [(t, f, s) for f in own.macs_removed for t in own.tilt for s in own.stream_tilt]
         plans = [(tilted_layers(base, t, f, s), t, f, s) for t, f, s in family]  # every bad tilt fails before training
-        runs = [score_baseline(args, dm)] if own.score_recovered else []
-        runs += [retrain_tilted(args, dm, *plan) for plan in plans]
+        runs = [retrain_tilted(args, dm, *plan) for plan in plans]
     own.output.parent.mkdir(parents=True, exist_ok=True)
     own.output.write_text(json.dumps({"protocol": vars(args), "runs": runs}, indent=2, default=str))
     print(json.dumps(runs, indent=2))

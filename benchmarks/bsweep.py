@@ -1,27 +1,32 @@
-"""b-sweep: RLPruneCallback at several accuracy budgets b against rule-based pruning at the same MACs.
+"""b-sweep: RLPruneCallback at several accuracy budgets b against rule-based pruning.
 
-One baseline is trained (or loaded) once; every method then starts from that checkpoint and gets the same
-fine-tuning budget (`--finetune-epochs`). RL runs prune layer by layer inside that budget, with
-`--epochs-per-layer` epochs between two layers (0: every layer before the first epoch); rule-based methods
-(L1-norm ranking with a uniform per-layer ratio, random filters, torch-pruning's global magnitude ranking) prune
-once, to the MACs the RL run at the same b reached, and fine-tune for the whole budget; the RL-Pruner mode
-(`DistributionPruneCallback`) gets that MACs reduction as its target, reached in `--distribution-steps` steps.
-`--macs-targets` runs the same methods at given MACs reductions without an RL run (recorded with `b` null), to
-trace each method's accuracy-vs-MACs curve beyond the reductions RL reaches. With `--distill-weight`, the baseline
-teaches every method's network while it fine-tunes (knowledge distillation, as in RL-Pruner).
+One baseline is trained (or loaded) once and kept in `--work` (`baseline.ckpt`; the same command and seed rebuild
+it); every method then starts from that checkpoint and gets the same fine-tuning budget (`--finetune-epochs`
+epochs on `--limit-train-batches` of the training set). RL runs are `RLPruneCallback(b)` with its defaults, its
+steps `--epochs-per-step` apart inside that budget. Rule-based methods (L1-norm ranking with a uniform per-layer
+ratio, random filters, torch-pruning's global magnitude ranking) prune once, to the MACs the RL run at the same b
+reached, and fine-tune for the whole budget; the RL-Pruner mode (`DistributionPruneCallback`) gets that MACs
+reduction as its target, reached in `--distribution-steps` steps. `--macs-targets` runs the methods at given MACs
+reductions without an RL run (recorded with `b` null): with `--methods l1_uniform` that is the L1-uniform frontier
+the report reads RL against (the MACs a uniform ratio removes at a drop <= b, interpolated). With
+`--distill-weight`, the baseline teaches every method's network while it fine-tunes.
 The reward uses the validation split held out from the training data; the reported accuracy is the final
-epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`).
+epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`); every run
+records its seed, search time and fit wall time.
 
 Each finished run is written to the results JSON as it completes and skipped on a rerun, so a sweep can span
-several sittings; `--merge` joins the results files of sweeps of one baseline run side by side (one per b, say).
-The recorded CPU sweep (the complete Fashion-MNIST, about 80 minutes on 2 cores once the baseline exists):
+several sittings; `--merge` joins the results files of sweeps of one baseline side by side (one per seed, say).
+The recorded CPU sweep (the complete Fashion-MNIST; one thread per process, two processes at a time):
 
-    python benchmarks/bsweep.py --model vgg16 --width 0.25 --dataset fashion-mnist \\
-        --data-dir ../shared/data/fashion-mnist --baseline-epochs 15 --finetune-epochs 16 \\
-        --limit-train-batches 0.25 --agent-updates 15 --reward-batches 6 --init-keep 0.8 --agent-lr 0.1 \\
-        --calibration-batches 8 --epochs-per-layer 0 --b 3 1 2 0.5 --methods l1_uniform random magnitude_global \\
-        --work benchmarks/work/vgg16w025_fm --output benchmarks/results/vgg16w025_fashion_mnist_calibrated.json
-    python benchmarks/bsweep.py --report benchmarks/results/vgg16w025_fashion_mnist_calibrated.json
+    C="--model vgg16 --width 0.25 --dataset fashion-mnist --data-dir ../shared/data/fashion-mnist \\
+       --baseline-epochs 15 --finetune-epochs 16 --limit-train-batches 0.25 --work benchmarks/work/vgg16w025_fm"
+    python benchmarks/bsweep.py $C --b 1 0.5 2 --methods --seed 0 \\
+        --output benchmarks/results/vgg16w025_fashion_mnist_defaults_s0.json       # also --seed 1, --seed 2
+    python benchmarks/bsweep.py $C --b --methods l1_uniform --macs-targets 0.3 0.45 0.6 0.7 0.8 0.9 \\
+        --output benchmarks/results/vgg16w025_fashion_mnist_frontier.json
+    python benchmarks/bsweep.py --merge benchmarks/results/vgg16w025_fashion_mnist_{defaults_s0,defaults_s1,\\
+        defaults_s2,frontier}.json --output benchmarks/results/vgg16w025_fashion_mnist_defaults.json
+    python benchmarks/bsweep.py --report benchmarks/results/vgg16w025_fashion_mnist_defaults.json
 """
 
 from __future__ import annotations
@@ -104,8 +109,10 @@ def finetune(
         teacher = ImageClassifier.load_from_checkpoint(base, map_location="cpu").model
         module.distiller = Distiller(teacher, args.distill_temperature, args.distill_weight)
     t = trainer(args, args.finetune_epochs, callbacks, f"{method}_b{b}", args.limit_train_batches)
+    start, cpu = time.perf_counter(), time.process_time()
     t.fit(module, datamodule=dm)
-    return {"method": method, "b": b, "test_acc": test_accuracy(t, module, dm), **measure(module, args)}
+    fit = {"fit_s": time.perf_counter() - start, "fit_cpu_s": time.process_time() - cpu}
+    return {"method": method, "b": b, "test_acc": test_accuracy(t, module, dm), **fit, **measure(module, args)}
 
 
 def test_accuracy(t: pl.Trainer, module: ImageClassifier, dm: pl.LightningDataModule) -> float:
@@ -132,14 +139,18 @@ def train_baseline(args: argparse.Namespace, dm: pl.LightningDataModule, path: P
 
 
 class SearchTimer:
-    """Mixin for a pruning callback: adds up the wall time of its pruning points (search and surgery)."""
+    """Mixin for a pruning callback: adds up the wall time and the process CPU time of its pruning points (search,
+    surgery, measurements). With one thread per process the CPU time is what the work costs, however loaded the
+    machine."""
 
     search_s = 0.0
+    search_cpu_s = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         super().on_train_epoch_start(trainer, pl_module)
         self.search_s += time.perf_counter() - start
+        self.search_cpu_s += time.process_time() - cpu
 
 
 class TimedRLPrune(SearchTimer, RLPruneCallback):
@@ -151,33 +162,14 @@ class TimedDistributionPrune(SearchTimer, DistributionPruneCallback):
 
 
 def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: float) -> dict[str, Any]:
+    """`RLPruneCallback(b)` with its defaults, from the baseline, inside the sweep's fine-tuning budget."""
     pl.seed_everything(args.seed)
     module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **finetune_overrides(args))
     callback = TimedRLPrune(
-        b=b,
-        start_epoch=args.start_epoch,
-        finetune_epochs=args.epochs_per_layer,
-        agent_updates=args.agent_updates,
-        num_samples=args.num_samples,
-        reward_batches=args.reward_batches,
-        reward=args.reward,
-        init_keep=args.init_keep,
-        l1_prior=args.l1_prior,
-        min_keep=args.min_keep,
-        agent_lr=args.agent_lr,
-        decision=args.decision,
-        budget_schedule=args.budget_schedule,
-        drop_from=args.drop_from,
-        calibration_batches=args.calibration_batches,
-        decision_counts=args.decision_counts,
-        recovery_steps=args.recovery_steps,
-        recovery_lr=args.recovery_lr,
-        recovery_batches=args.recovery_batches,
-        p_star_draws=args.p_star_draws,
-        holdout_batches=args.holdout_batches,
-        seed=args.seed,
+        b=b, start_epoch=args.start_epoch, finetune_epochs=args.epochs_per_step, min_keep=args.min_keep, seed=args.seed
     )
-    return {**finetune(args, dm, base, module, "rl", b, [callback]), "search_s": callback.search_s}
+    run = finetune(args, dm, base, module, "rl", b, [callback])
+    return {**run, "search_s": callback.search_s, "search_cpu_s": callback.search_cpu_s, "steps": callback.steps}
 
 
 def prune_rule_based(module: ImageClassifier, method: str, ratio: float, seed: int) -> None:
@@ -252,8 +244,6 @@ def run_distribution(
         step_size=target / steps,
         start_epoch=0,
         finetune_epochs=max(1, args.finetune_epochs // (steps + 1)),
-        reward_batches=args.reward_batches,
-        calibration_batches=args.calibration_batches,
         seed=args.seed,
     )
     return {**finetune(args, dm, base, module, "distribution", b, [callback]), "search_s": callback.search_s}
@@ -342,6 +332,66 @@ def margins(results: dict[str, Any]) -> list[dict[str, Any]]:
                 row["rl_minus"][method] = [r["test_acc"] - matched[r["seed"]] for r in rl]
         rows.append(row)
     return rows
+
+
+def frontier(results: dict[str, Any], method: str = "l1_uniform") -> list[tuple[float, float, float]]:
+    """`method`'s runs at fixed MACs targets (`--macs-targets`) as (MACs removed %, test drop, fit wall s), the
+    mean over seeds per target, by MACs removed."""
+    base, points = results["baseline"], {}
+    for r in results["runs"]:
+        if r["method"] == method and r.get("macs_target") is not None:
+            macs = 100 * (1 - r["macs"] / base["macs"])
+            points.setdefault(r["macs_target"], []).append((macs, base["test_acc"] - r["test_acc"], r.get("fit_s")))
+    rows = []
+    for runs in points.values():
+        walls = [w for _, _, w in runs if w is not None]
+        rows.append((_mean([m for m, _, _ in runs]), _mean([d for _, d, _ in runs]), _mean(walls) if walls else 0.0))
+    return sorted(rows)
+
+
+def frontier_at(points: list[tuple[float, ...]], b: float) -> float | None:
+    """The most MACs removed (%) at a drop <= `b` along `points` (MACs removed, drop, ...), interpolated linearly
+    where the drop crosses `b` between two neighbours; None when every point drops more than `b`."""
+    best = None
+    for i, (macs, drop, *_) in enumerate(points):
+        if drop <= b:
+            best = max(best or macs, macs)
+            if i + 1 < len(points) and points[i + 1][1] > b:
+                nxt_macs, nxt_drop = points[i + 1][0], points[i + 1][1]
+                best = max(best, macs + (b - drop) * (nxt_macs - macs) / (nxt_drop - drop))
+    return best
+
+
+def budget_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per b with RL runs: RL's MACs removed, test drop, search and total wall time (means over seeds), beside the
+    L1-uniform frontier's MACs removed at drop <= b and its runs' mean wall time."""
+    base, line = results["baseline"], frontier(results)
+    rows = []
+    for b in sorted({r["b"] for r in results["runs"] if r["method"] == "rl"}):
+        rl = [r for r in results["runs"] if r["method"] == "rl" and r["b"] == b]
+        rows.append(
+            {
+                "b": b,
+                "seeds": sorted(r["seed"] for r in rl),
+                "macs_removed": _mean([100 * (1 - r["macs"] / base["macs"]) for r in rl]),
+                "drop": _mean([base["test_acc"] - r["test_acc"] for r in rl]),
+                "search_s": _mean([r["search_s"] for r in rl]),
+                "wall_s": _mean([r["fit_s"] for r in rl]) if all("fit_s" in r for r in rl) else None,
+                "search_share": _mean([_search_share(r) for r in rl]) if all("fit_cpu_s" in r for r in rl) else None,
+                "frontier_macs_removed": frontier_at(line, b) if line else None,
+                "frontier_wall_s": _mean([w for _, _, w in line]) if line else None,
+            }
+        )
+    return rows
+
+
+def _search_share(run: dict[str, Any]) -> float:
+    """A run's search CPU time over its fine-tuning CPU time (the fit's, less the search's)."""
+    return run["search_cpu_s"] / (run["fit_cpu_s"] - run["search_cpu_s"])
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _run_order(r: dict[str, Any]) -> tuple:
@@ -438,6 +488,25 @@ def report(path: Path) -> str:
                 + " | ".join(cells)
                 + " |"
             )
+    line = frontier(results)
+    if line:
+        lines += [
+            "",
+            "Per b: RL (means over seeds) beside the L1-uniform frontier (uniform ratios at fixed MACs targets, the "
+            "same fine-tuning), its MACs removed at a drop <= b interpolated; wall times are search + fine-tuning.",
+            "",
+            "| b | seeds | RL MACs removed (%) | RL drop | RL search (s) | RL wall (s) | search / fine-tuning (CPU) | "
+            "L1-uniform MACs removed at drop <= b (%) | L1-uniform wall (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in budget_rows(results):
+            wall = "" if row["wall_s"] is None else f"{row['wall_s']:.0f}"
+            reach = "" if row["frontier_macs_removed"] is None else f"{row['frontier_macs_removed']:.1f}"
+            share = "" if row["search_share"] is None else f"{row['search_share']:.2f}"
+            lines.append(
+                f"| {row['b']} | {', '.join(map(str, row['seeds']))} | {row['macs_removed']:.1f} | {row['drop']:.2f} | "
+                f"{row['search_s']:.0f} | {wall} | {share} | {reach} | {row['frontier_wall_s']:.0f} |"
+            )
     lines += ["", f"![accuracy vs MACs]({png.name})"]
     return "\n".join(lines)
 
@@ -469,66 +538,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distribution-steps", type=int, default=4, help="pruning steps of the distribution mode")
     p.add_argument("--baseline-epochs", type=int, default=20)
     p.add_argument("--finetune-epochs", type=int, default=16)
-    p.add_argument("--epochs-per-layer", type=int, default=1)
+    p.add_argument(
+        "--epochs-per-step",
+        type=int,
+        default=1,
+        help="RLPruneCallback's finetune_epochs: training epochs after each pruning step, before its drop is measured",
+    )
     p.add_argument(
         "--start-epoch",
         type=int,
         default=0,
-        help="RLPruneCallback's first pruning epoch: the unpruned network fine-tunes this long before p* is measured",
+        help="RLPruneCallback's first pruning epoch: the unpruned network fine-tunes this long before the first step",
     )
-    p.add_argument("--agent-updates", type=int, default=10)
-    p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--reward-batches", type=int, default=2)
-    p.add_argument("--reward", default="huang", choices=["huang", "yang"], help="RLPruneCallback's reward")
-    p.add_argument("--init-keep", type=float, default=0.9, help="RLPruneCallback's initial keep probability")
-    p.add_argument("--agent-lr", type=float, default=0.05, help="RLPruneCallback's agent learning rate")
     p.add_argument(
         "--min-keep",
         type=count_or_fraction,
         default=0.1,
         help="RLPruneCallback's filters every layer keeps: a count (e.g. 4) or a fraction with a point (e.g. 0.25)",
-    )
-    p.add_argument(
-        "--l1-prior", type=float, default=0.0, help="RLPruneCallback's weight of the filters' L1 norms in the agents"
-    )
-    p.add_argument(
-        "--decision", default="reward", choices=["reward", "greedy", "budget"], help="RLPruneCallback's decision"
-    )
-    p.add_argument(
-        "--budget-schedule",
-        default="linear",
-        choices=["linear", "macs", "shared"],
-        help="RLPruneCallback's budget schedule",
-    )
-    p.add_argument("--drop-from", default="start", choices=["start", "layer"], help="RLPruneCallback's drop accounting")
-    p.add_argument("--decision-counts", type=int, default=16, help="RLPruneCallback's kept counts per decision")
-    p.add_argument(
-        "--recovery-steps",
-        type=int,
-        default=0,
-        help="RLPruneCallback's SGD steps per decision candidate before it is scored (0: none)",
-    )
-    p.add_argument("--recovery-lr", type=float, default=0.001, help="RLPruneCallback's recovery learning rate")
-    p.add_argument(
-        "--recovery-batches",
-        type=int,
-        default=None,
-        help="RLPruneCallback's validation batches per recovered candidate (default: --reward-batches)",
-    )
-    p.add_argument(
-        "--p-star-draws", type=int, default=4, help="RLPruneCallback's recovered scores averaged into p* (recovery on)"
-    )
-    p.add_argument(
-        "--holdout-batches",
-        type=int,
-        default=0,
-        help="RLPruneCallback's validation batches after the scored ones that p* and each layer's level are scored on",
-    )
-    p.add_argument(
-        "--calibration-batches",
-        type=int,
-        default=4,
-        help="BatchNorm calibration batches of the RL and distribution callbacks",
     )
     p.add_argument(
         "--distill-weight",
@@ -569,8 +595,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--start-epoch {args.start_epoch} must be >= 0 and below --finetune-epochs {args.finetune_epochs}")
     if not is_min_keep(args.min_keep):
         p.error(f"--min-keep {args.min_keep} must be a count >= 1 (e.g. 4) or a fraction in (0, 1] (e.g. 0.25)")
-    if args.l1_prior < 0:
-        p.error(f"--l1-prior {args.l1_prior} must be >= 0 (0: the agents start with every filter equal)")
     if args.distill_weight < 0 or args.distill_temperature <= 0:
         p.error(
             f"--distill-weight {args.distill_weight} must be >= 0 (0: no distillation) and --distill-temperature "

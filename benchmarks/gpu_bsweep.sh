@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # b-sweep on one GPU: full-width VGG-16 and ResNet-56 (CIFAR-style) on the complete Fashion-MNIST, with the
-# protocol of the CPU sweep's `l1_prior` runs (benchmarks/RESULTS.md). The two baselines train side by side; then
+# protocol of the CPU sweep (benchmarks/RESULTS.md): RLPruneCallback with its defaults against the L1-uniform
+# frontier (six MACs targets) and, at each RL run's MACs, L1-uniform, random and global magnitude. The two
+# baselines train side by side; then
 # one process per (model, b) runs seeds 0, 1, 2 one after another, all eight sharing the GPU. Each finished run is
 # saved to WORK/<model>/b<b>.json as it completes (bsweep.py skips it on a rerun); WORK/progress logs each one;
 # at the end each model's runs are merged into WORK/<model>.json (`bsweep.py --merge`, by hand if cut short).
@@ -13,12 +15,10 @@ PYTHON=${PYTHON:-python3}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK"
 COMMON=(--dataset fashion-mnist --data-dir "$DATA" --baseline-epochs 15 --finetune-epochs 16
-  --limit-train-batches 0.25 --agent-updates 15 --reward-batches 6 --init-keep 0.8 --agent-lr 0.01
-  --calibration-batches 8 --budget-schedule shared --decision-counts 8 --recovery-steps 60 --recovery-lr 0.001
-  --recovery-batches 40 --p-star-draws 4 --l1-prior 2 --methods l1_uniform random magnitude_global)
+  --limit-train-batches 0.25 --methods l1_uniform random magnitude_global)
 declare -A MODEL=(
-  [vgg]="--model vgg16 --width 1 --epochs-per-layer 1"
-  [res]="--model resnet56 --width 1 --epochs-per-layer 0"  # 30 layers: more than the 16 epochs, so all at epoch 0
+  [vgg]="--model vgg16 --width 1"
+  [res]="--model resnet56 --width 1"
 )
 
 sweep() {  # LOG MODEL ARGS...: one bsweep.py process, its failure recorded in WORK/failed
@@ -30,6 +30,11 @@ sweep() {  # LOG MODEL ARGS...: one bsweep.py process, its failure recorded in W
 }
 
 for m in vgg res; do sweep "${m}_base" $m --b --output "$WORK/$m/base.json" & done
+wait
+for m in vgg res; do
+  sweep "${m}_frontier" $m --b --methods l1_uniform --macs-targets 0.3 0.45 0.6 0.7 0.8 0.9 \
+    --output "$WORK/$m/frontier.json" &
+done
 wait
 echo "baselines done $(date -u)" >> "$WORK/progress"
 for b in 1 2 3 0.5; do
@@ -43,5 +48,7 @@ for b in 1 2 3 0.5; do
   done
 done
 wait
-for m in vgg res; do $PYTHON benchmarks/bsweep.py --merge "$WORK/$m"/b*.json --output "$WORK/$m.json"; done
+for m in vgg res; do
+  $PYTHON benchmarks/bsweep.py --merge "$WORK/$m"/b*.json "$WORK/$m/frontier.json" --output "$WORK/$m.json"
+done
 echo "all done $(date -u)" >> "$WORK/progress"

@@ -27,7 +27,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_prune import RLPruneCallback, load_module, surgery
+from lightning_prune import RLOptions, RLPruneCallback, load_module, surgery
 from lightning_prune.measure import model_cost
 
 #: Models that need a larger input or a constructor argument to run at a small size.
@@ -124,12 +124,12 @@ def run_segmentation(name: str, size: int = 64, root: Path = Path("/tmp/zoo_segm
         y = torch.randint(0, 4, (8, size, size))
         loader = DataLoader(TensorDataset(x, y), batch_size=4)
         before = model_cost(module, module.example_input_array)
-        callback = RLPruneCallback(
-            b=1.0, num_samples=2, agent_updates=1, reward_batches=1, calibration_batches=1, decision="greedy",
-            init_keep=0.3, min_keep=0.5, finetune_epochs=0,
-        )  # fmt: skip
+        options = RLOptions(
+            num_samples=2, agent_updates=1, reward_batches=1, calibration_batches=1, decision="greedy", init_keep=0.3
+        )
+        callback = RLPruneCallback(b=100.0, min_keep=0.5, options=options)  # one step, measured, never undone
         trainer = pl.Trainer(
-            max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+            max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             default_root_dir=str(root), callbacks=[callback],
         )  # fmt: skip

@@ -5,8 +5,9 @@
 
 `SegmentationModule` is what a user writes for their own task: its own network, loss, steps and torchmetrics
 mIoU, and no lightning-prune base class. The script trains it for `--dense-epochs`, then fits it again with
-`RLPruneCallback` in the Trainer, which prunes every 3x3 convolution's filters at the first epoch (candidates
-scored by mIoU on validation scenes, `b` in mIoU points) before `--final-epochs` of fine-tuning. The pruned
+`RLPruneCallback` in the Trainer for `--prune-epochs`: it prunes every 3x3 convolution's filters in steps
+(candidates scored by mIoU on validation scenes, `b` in mIoU points), each followed by `--finetune-epochs` of
+training and a measured mIoU drop on validation scenes the search never scored. The pruned
 checkpoint reloads with `lightning_prune.load_module(SegmentationModule, path)`; with the one-line mixin
 (`class SegmentationModule(Prunable, L.LightningModule)`) `SegmentationModule.load_from_checkpoint` does too.
 
@@ -33,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from lightning_prune import RLPruneCallback, load_module
+from lightning_prune import RLOptions, RLPruneCallback, load_module
 from lightning_prune.data.embedded import load_embedded_arrays
 from lightning_prune.data.fashion_mnist import load_fashion_mnist
 from lightning_prune.measure import model_cost
@@ -258,8 +259,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dense-epochs", type=int, default=10, help="training epochs before pruning")
     parser.add_argument("--b", type=float, default=3.0, help="mIoU the pruned network may lose, in points")
-    parser.add_argument("--finetune-epochs", type=int, default=0, help="epochs between two pruned groups")
-    parser.add_argument("--final-epochs", type=int, default=2, help="fine-tuning epochs after the last group (>= 1)")
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=1, help="epochs after each pruning step, before its drop is measured"
+    )
+    parser.add_argument(
+        "--prune-epochs", type=int, default=4, help="epochs of the pruning run (>= --finetune-epochs + 1)"
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="save the pruned module here and reload it")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -299,19 +304,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         monitor="val_miou",
         start_epoch=0,
         finetune_epochs=args.finetune_epochs,
-        decision="budget",
-        budget_schedule="macs",
-        l1_prior=1.0,  # the agents start from the filters' L1-norm ranking: a short search needs it
-        num_samples=4,
-        agent_updates=2,
-        decision_counts=4,
-        reward_batches=4,
-        calibration_batches=2,
         seed=args.seed,
+        # A short search: agents that start from the filters' L1-norm ranking, few updates, each layer keeping the
+        # fewest filters within its share of the step's allowance (shares in proportion to the layers' MACs).
+        options=RLOptions(
+            decision="budget",
+            budget_schedule="macs",
+            l1_prior=1.0,
+            num_samples=4,
+            agent_updates=2,
+            decision_counts=4,
+            reward_batches=4,
+            calibration_batches=2,
+        ),
     )
     # Every 3x3 convolution is a group of filters to prune; the 1x1 classifier keeps its 11 classes.
-    groups = len(filters) - 1
-    trainer = make_trainer(groups * args.finetune_epochs + max(args.final_epochs, 1), callbacks=[pruner])
+    trainer = make_trainer(args.prune_epochs, callbacks=[pruner])
     trainer.fit(model, datamodule=data)
     pruned_cost, pruned = cost(model), evaluate(make_trainer(1), model, data)
     kept = {n: f"{filters[n]} -> {m.out_channels}" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

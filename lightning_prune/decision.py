@@ -1,16 +1,17 @@
-"""From scores to a decision for one layer: rewards of scored masks, the reference they are measured from, and
-which mask is kept. Pure functions of scores (points) and masks, tested without a Trainer.
+"""From scores to decisions: for one layer, the rewards of scored masks and which mask is kept; for the run,
+whether another step is taken and how much it may forecast to cost. Pure functions of scores (points) and masks,
+tested without a Trainer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 
 from lightning_prune.policy import ranked_masks
-from lightning_prune.reward import REWARDS, charged, fewest_within
+from lightning_prune.reward import REWARDS, fewest_within
 
 Decision = Literal["reward", "greedy", "budget"]
 
@@ -19,16 +20,6 @@ def rewards(reward: str, scores: Sequence[float], kept: Sequence[int], size: int
     """The reward of each mask keeping `kept[i]` of `size` filters and scoring `scores[i]`, against `p_ref`."""
     reward_fn = REWARDS[reward]
     return torch.tensor([reward_fn(p_ref, s, budget, size, k) for s, k in zip(scores, kept, strict=True)])
-
-
-def reference(
-    drop_from: Literal["start", "layer"], p_star: float, level: float, history: Iterable[Mapping[str, Any]]
-) -> float:
-    """The score a layer's drops are measured from: `p*` ("start"), or ("layer") the layer's own unpruned score
-    `level` raised by the drops the layers pruned before it were charged."""
-    if drop_from == "start":
-        return p_star
-    return level + charged(r["reference"] - r["decision_acc"] for r in history)
 
 
 def choose(
@@ -54,3 +45,35 @@ def unique_cuts(masks: torch.Tensor) -> torch.Tensor:
     full = torch.ones_like(masks[0])
     unique = list({tuple(m.tolist()): m for m in masks if not m.all()}.values())
     return torch.stack([full, *unique])
+
+
+#: A step may stop short of `b` by this fraction of it: closer, another step is not worth its search.
+CLOSE_ENOUGH = 0.1
+#: Bounds of `forecast_scale`.
+SCALE_BOUNDS = (0.5, 2.0)
+
+
+def stop_reason(b: float, drop: float, room: bool) -> str | None:
+    """Why no further step is taken with the network's measured `drop` (None: take one). `room`: whether the run
+    has the epochs for another step and its fine-tuning."""
+    if drop >= (1 - CLOSE_ENOUGH) * b:
+        return "the drop is within a tenth of b"
+    if not room:
+        return "no epochs left for another step and its fine-tuning"
+    return None
+
+
+def retry_caps(removed: Mapping[str, int]) -> dict[str, int]:
+    """After a step that removed `removed[group]` filters cost more than b: how many each group may lose in the
+    step that retries it, half as many (a group the step left whole stays whole)."""
+    return {name: count // 2 for name, count in removed.items()}
+
+
+def forecast_scale(allowance: float, increment: float) -> float:
+    """How many points the next step's search may forecast per point of measured budget left: the last step's
+    allowance over the drop it measurably added after fine-tuning, within `SCALE_BOUNDS`. The search scores cuts
+    before any fine-tuning and stops where the reward peaks, so its forecast overstates what a cut costs."""
+    low, high = SCALE_BOUNDS
+    if increment <= 0:
+        return high
+    return min(max(allowance / increment, low), high)

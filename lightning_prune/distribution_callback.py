@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -27,7 +28,8 @@ from lightning_prune.distribution import (
     removed_filters,
 )
 from lightning_prune.measure import model_cost
-from lightning_prune.metric import MetricSpec, Unpack
+from lightning_prune.metric import MetricSpec
+from lightning_prune.options import DistributionOptions
 from lightning_prune.orchestration import PruningCallback, _is_int
 from lightning_prune.policy import min_keep_count
 
@@ -54,35 +56,16 @@ class DistributionPruneCallback(PruningCallback):
         step_size: fraction removed per step, in (0, 1]; the last step removes what is left to the target.
         start_epoch: epoch before which the first step is taken (0 prunes the model as given).
         finetune_epochs: training epochs between two steps (0 takes every step at `start_epoch`).
-        criterion: filters removed inside a group: "l1" (smallest L1 norm) or "taylor" (smallest first-order
-            Taylor `|w * grad|`, accumulated on `taylor_batches` training batches); summed over the group's
-            coupled convolutions.
-        alpha: weight of the MACs reduction in Q (>= 0).
-        beta: weight of the params reduction in Q (>= 0).
-        num_samples: distributions sampled per update.
-        updates: distribution updates per step.
-        elite_size: best samples kept (the distribution moves toward their mean).
-        noise: std of the log-normal noise of a sample.
-        epsilon: probability that a sample is uniformly random instead (first update), in [0, 1].
-        epsilon_decay: epsilon's factor per update, in (0, 1].
-        lr: fraction of the way toward the elites' mean per update, in (0, 1].
-        clip: largest relative change of an entry of the distribution per update, in (0, 1).
-        reward_batches: validation batches each sample is scored on.
-        taylor_batches: training batches the Taylor criterion accumulates over.
-        calibration_batches: training batches on which each sample re-estimates the statistics of the
-            BatchNorm layers its removals affect before it is scored, and the pruned model its own after each
-            step (0: score with the model's statistics). See `RLPruneCallback`.
         min_keep: filters every group keeps: a count (int >= 1) or a fraction of its unpruned width (float in
             (0, 1)). A group is never emptied.
         layers: layer names or fnmatch patterns selecting the groups to prune (None: every prunable group).
         metric: what samples are scored on (None: top-1 agreement; a torchmetrics Metric or a callable
             `(preds, target) -> float`), in points; see `RLPruneCallback`.
-        ignore_index: target value the default metric does not count.
-        unpack_batch: a function splitting a batch into `(inputs, target)` (None: the batch is that pair).
         monitor: a logged metric reported as the summary's baseline and final value (None: `metric` on the
             validation batches samples are scored on). Read for reporting only.
-        monitor_mode: "max" or "min": whether higher or lower `monitor` is better.
         seed: seeds the search; the same seed (and training) gives the same result.
+        options: the search's other settings (`lightning_prune.options.DistributionOptions`: the criterion
+            inside a group, Q's weights, the distribution's updates; None: its defaults).
 
     Example::
 
@@ -97,50 +80,43 @@ class DistributionPruneCallback(PruningCallback):
         step_size: float = 0.1,
         start_epoch: int = 0,
         finetune_epochs: int = 1,
-        criterion: Literal["l1", "taylor"] = "l1",
-        alpha: float = 0.2,
-        beta: float = 0.0,
-        num_samples: int = 8,
-        updates: int = 4,
-        elite_size: int = 4,
-        noise: float = 0.3,
-        epsilon: float = 0.3,
-        epsilon_decay: float = 0.9,
-        lr: float = 0.5,
-        clip: float = 0.2,
-        reward_batches: int = 2,
-        taylor_batches: int = 2,
-        calibration_batches: int = 4,
         min_keep: int | float = 0.1,
         layers: list[str] | None = None,
         metric: MetricSpec = None,
-        ignore_index: int | None = None,
-        unpack_batch: Unpack | None = None,
         monitor: str | None = None,
-        monitor_mode: Literal["max", "min"] = "max",
         seed: int = 0,
+        options: DistributionOptions | None = None,
     ) -> None:
+        options = DistributionOptions() if options is None else options
+        if not isinstance(options, DistributionOptions):
+            raise MisconfigurationException(
+                f"DistributionPruneCallback: options={options!r} must be a lightning_prune.options.DistributionOptions"
+            )
+        o = options
+        criterion, alpha, beta, num_samples, updates = o.criterion, o.alpha, o.beta, o.num_samples, o.updates
+        elite_size, noise, epsilon, epsilon_decay = o.elite_size, o.noise, o.epsilon, o.epsilon_decay
+        lr, clip, taylor_batches = o.lr, o.clip, o.taylor_batches
         checks = [
             (0 < target < 1, f"target={target} must be in (0, 1): the fraction of the model to remove"),
             (target_type in TARGET_TYPES, f"target_type={target_type!r} is unknown: use one of {TARGET_TYPES}"),
             (0 < step_size <= 1, f"step_size={step_size} must be in (0, 1]: the fraction removed per step"),
-            (criterion in CRITERIA, f"criterion={criterion!r} is unknown: use one of {CRITERIA}"),
-            (alpha >= 0, f"alpha={alpha} must be >= 0 (weight of the MACs reduction in Q)"),
-            (beta >= 0, f"beta={beta} must be >= 0 (weight of the params reduction in Q)"),
-            (_is_int(num_samples) and num_samples >= 1, f"num_samples={num_samples!r} must be >= 1 (an int)"),
-            (_is_int(updates) and updates >= 1, f"updates={updates!r} must be >= 1 (an int)"),
-            (_is_int(elite_size) and elite_size >= 1, f"elite_size={elite_size!r} must be >= 1 (an int)"),
-            (noise >= 0, f"noise={noise} must be >= 0"),
-            (0 <= epsilon <= 1, f"epsilon={epsilon} must be in [0, 1] (a probability)"),
-            (0 < epsilon_decay <= 1, f"epsilon_decay={epsilon_decay} must be in (0, 1]"),
-            (0 < lr <= 1, f"lr={lr} must be in (0, 1]"),
-            (0 < clip < 1, f"clip={clip} must be in (0, 1)"),
-            (_is_int(taylor_batches) and taylor_batches >= 1, f"taylor_batches={taylor_batches!r} must be >= 1"),
+            (criterion in CRITERIA, f"options.criterion={criterion!r} is unknown: use one of {CRITERIA}"),
+            (alpha >= 0, f"options.alpha={alpha} must be >= 0 (weight of the MACs reduction in Q)"),
+            (beta >= 0, f"options.beta={beta} must be >= 0 (weight of the params reduction in Q)"),
+            (_is_int(num_samples) and num_samples >= 1, f"options.num_samples={num_samples!r} must be >= 1 (an int)"),
+            (_is_int(updates) and updates >= 1, f"options.updates={updates!r} must be >= 1 (an int)"),
+            (_is_int(elite_size) and elite_size >= 1, f"options.elite_size={elite_size!r} must be >= 1 (an int)"),
+            (noise >= 0, f"options.noise={noise} must be >= 0"),
+            (0 <= epsilon <= 1, f"options.epsilon={epsilon} must be in [0, 1] (a probability)"),
+            (0 < epsilon_decay <= 1, f"options.epsilon_decay={epsilon_decay} must be in (0, 1]"),
+            (0 < lr <= 1, f"options.lr={lr} must be in (0, 1]"),
+            (0 < clip < 1, f"options.clip={clip} must be in (0, 1)"),
+            (
+                _is_int(taylor_batches) and taylor_batches >= 1,
+                f"options.taylor_batches={taylor_batches!r} must be >= 1",
+            ),
         ]
-        super().__init__(
-            layers, start_epoch, finetune_epochs, min_keep, calibration_batches, reward_batches, metric,
-            ignore_index, unpack_batch, monitor, monitor_mode, seed, checks,
-        )  # fmt: skip
+        super().__init__(layers, start_epoch, finetune_epochs, min_keep, metric, monitor, seed, options, checks)
         self.target = float(target)
         self.target_type = target_type
         self.step_size = float(step_size)
@@ -165,13 +141,11 @@ class DistributionPruneCallback(PruningCallback):
 
     @property
     def hparams(self) -> dict[str, Any]:
-        keys = (
-            "target", "target_type", "step_size", "start_epoch", "finetune_epochs", "criterion", "alpha", "beta",
-            "num_samples", "updates", "elite_size", "noise", "epsilon", "epsilon_decay", "lr", "clip",
-            "reward_batches", "taylor_batches", "calibration_batches", "min_keep", "layers", "ignore_index",
-            "monitor", "monitor_mode", "seed",
-        )  # fmt: skip
-        return {k: getattr(self, k) for k in keys}
+        keys = ("target", "target_type", "step_size", "start_epoch", "finetune_epochs", "min_keep", "layers")
+        options = {
+            f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options) if f.name != "unpack_batch"
+        }
+        return {**{k: getattr(self, k) for k in keys}, "monitor": self.monitor, "seed": self.seed, **options}
 
     # -- setup: every check before any training time is spent ---------------------------------------------
 

@@ -7,6 +7,7 @@ same module for `import lightning as L` (a Trainer accepts only modules of its o
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -43,6 +44,9 @@ class ImageClassifierBase(Prunable):
         label_smoothing: cross-entropy label smoothing.
         channels_last: keep weights and inputs in the channels_last memory format, usually faster for
             convolutions on CPU and under mixed precision on GPU; pruning keeps the layout.
+        weights: a checkpoint (Lightning's, or a saved state dict) of this module whose weights, pruned shapes
+            included, initialise it: a trained network to prune from a config. Not saved in the hyperparameters,
+            so its checkpoints reload without that file.
 
     Example::
 
@@ -69,6 +73,7 @@ class ImageClassifierBase(Prunable):
         scheduler: Literal["cosine", "step", "none"] = "cosine",
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adam", "adamw"):
@@ -77,7 +82,7 @@ class ImageClassifierBase(Prunable):
             raise ValueError(f"scheduler={scheduler!r} is not supported: use 'cosine', 'step' or 'none'")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        self.save_hyperparameters(ignore=["model", "weights"] if isinstance(model, nn.Module) else ["weights"])
         if isinstance(model, str):
             model = build_model(model, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {}))
         self.channels_last = channels_last
@@ -89,6 +94,14 @@ class ImageClassifierBase(Prunable):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        if weights is not None:
+            if not Path(weights).is_file():
+                raise FileNotFoundError(
+                    f"weights={weights!r} is not a file: pass the path of a checkpoint of this module (e.g. the "
+                    "last.ckpt of its dense training run)"
+                )
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            self.load_state_dict(state.get("state_dict", state))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:

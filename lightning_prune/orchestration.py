@@ -1,7 +1,8 @@
 """What both pruning callbacks share: setup checks, the data candidates are scored on, the cut, DDP, state.
 
 `PruningCallback` orchestrates and holds no pruning math: its subclasses decide what to remove
-(`RLPruneCallback` layer by layer with agents, `DistributionPruneCallback` all groups at once), and it
+(`RLPruneCallback` with an agent per layer, in measured steps; `DistributionPruneCallback` all groups at once
+to a target), and it
 - checks everything at `setup`, before any training: validation data, the example input, that `forward` traces,
   that batches unpack and the metric can be computed from the outputs, the channel groups and the schedule;
 - makes the module carry its pruning plan (`plan.attach`), so its checkpoints hold the pruned structure;
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -32,6 +34,7 @@ from lightning_prune import plan, scoring, surgery, tracking
 from lightning_prune.measure import model_cost
 from lightning_prune.metric import MetricSpec, Score, Unpack, calibrate, make_score, unpack_pair
 from lightning_prune.module import ImageClassifierBase
+from lightning_prune.options import ScoringOptions
 from lightning_prune.policy import is_min_keep
 
 MONITOR_MODES = ("max", "min")
@@ -47,16 +50,12 @@ class PruningCallback(Callback):
         start_epoch: epoch before which the first pruning step is taken (0 prunes the model as given).
         finetune_epochs: training epochs between two pruning steps.
         min_keep: filters every group keeps: a count (int >= 1) or a fraction of the group (float in (0, 1)).
-        calibration_batches: training batches on which BatchNorm statistics are re-estimated (0: never).
-        reward_batches: validation batches candidates are scored on (and, without `monitor`, the final score).
         metric: what candidates are scored on: None (top-1 agreement of the argmax over dim 1 with integer
             targets: accuracy, or pixel accuracy for dense outputs), a torchmetrics `Metric`, or a callable
             `(preds, target) -> float`; higher is better, in points (a metric valued in [0, 1] counts x100).
-        ignore_index: target value the default metric does not count.
-        unpack_batch: splits a batch into `(inputs, target)` (None: the batch is that pair).
         monitor: a logged metric reported as the baseline and final result (read for reporting only).
-        monitor_mode: "max" or "min": whether higher or lower `monitor` is better.
         seed: seeds the search; the same seed (and training) gives the same result.
+        options: the scoring settings (`lightning_prune.options.ScoringOptions` or a subclass).
     """
 
     #: Constructor arguments a resumed run must share with the run that saved the checkpoint.
@@ -68,17 +67,15 @@ class PruningCallback(Callback):
         start_epoch: int,
         finetune_epochs: int,
         min_keep: int | float,
-        calibration_batches: int,
-        reward_batches: int,
         metric: MetricSpec,
-        ignore_index: int | None,
-        unpack_batch: Unpack | None,
         monitor: str | None,
-        monitor_mode: Literal["max", "min"],
         seed: int,
+        options: ScoringOptions,
         checks: Sequence[tuple[bool, str]] = (),
     ) -> None:
         super().__init__()
+        calibration_batches, reward_batches = options.calibration_batches, options.reward_batches
+        ignore_index, unpack_batch, monitor_mode = options.ignore_index, options.unpack_batch, options.monitor_mode
         checks = [
             *checks,
             (_is_int(start_epoch) and start_epoch >= 0, f"start_epoch={start_epoch!r} must be >= 0 (an int)"),
@@ -88,11 +85,11 @@ class PruningCallback(Callback):
             ),
             (
                 _is_int(calibration_batches) and calibration_batches >= 0,
-                f"calibration_batches={calibration_batches!r} must be >= 0 (an int; 0 turns it off)",
+                f"options.calibration_batches={calibration_batches!r} must be >= 0 (an int; 0 turns it off)",
             ),
             (
                 _is_int(reward_batches) and reward_batches >= 1,
-                f"reward_batches={reward_batches!r} must be >= 1 (an int)",
+                f"options.reward_batches={reward_batches!r} must be >= 1 (an int)",
             ),
             (
                 layers is None or (isinstance(layers, (list, tuple)) and all(isinstance(x, str) for x in layers)),
@@ -108,14 +105,17 @@ class PruningCallback(Callback):
                 metric is None or callable(metric),
                 f"metric={metric!r} must be None, a torchmetrics Metric or a callable (preds, target) -> float",
             ),
-            (ignore_index is None or _is_int(ignore_index), f"ignore_index={ignore_index!r} must be an int or None"),
+            (
+                ignore_index is None or _is_int(ignore_index),
+                f"options.ignore_index={ignore_index!r} must be an int or None",
+            ),
             (
                 ignore_index is None or metric is None,
-                "ignore_index applies to the default metric only: pass it to "
+                "options.ignore_index applies to the default metric only: pass it to "
                 "your metric instead (e.g. MulticlassJaccardIndex(..., ignore_index=...))",
             ),  # fmt: skip
-            (unpack_batch is None or callable(unpack_batch), f"unpack_batch={unpack_batch!r} must be callable"),
-            (monitor_mode in MONITOR_MODES, f"monitor_mode={monitor_mode!r} is unknown: use 'max' or 'min'"),
+            (unpack_batch is None or callable(unpack_batch), f"options.unpack_batch={unpack_batch!r} must be callable"),
+            (monitor_mode in MONITOR_MODES, f"options.monitor_mode={monitor_mode!r} is unknown: use 'max' or 'min'"),
             (_is_int(seed), f"seed={seed!r} must be an int"),
         ]
         for ok, message in checks:
@@ -125,14 +125,12 @@ class PruningCallback(Callback):
         self.start_epoch = start_epoch
         self.finetune_epochs = finetune_epochs
         self.min_keep = min_keep
-        self.calibration_batches = calibration_batches
-        self.reward_batches = reward_batches
         self.metric = metric
-        self.ignore_index = ignore_index
-        self.unpack_batch = unpack_batch
         self.monitor = monitor
-        self.monitor_mode = monitor_mode
         self.seed = seed
+        self.options = options
+        for field in dataclasses.fields(options):  # the settings read as attributes: `self.reward_batches`
+            setattr(self, field.name, getattr(options, field.name))
         self.groups: list[str] = []
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, Any] | None = None
@@ -242,7 +240,7 @@ class PruningCallback(Callback):
             raise MisconfigurationException(
                 f"{type(self).__name__}: the example input must be one batched tensor (B, C, ...), got "
                 f"{type(example).__name__}. Set `example_input_array` on {type(pl_module).__name__} to such a "
-                "tensor, or pass `unpack_batch=` so that the batch's inputs are one."
+                "tensor, or set `options.unpack_batch` so that the batch's inputs are one."
             )
         return example
 
@@ -250,10 +248,15 @@ class PruningCallback(Callback):
         try:
             return self.unpack(batch)
         except Exception as err:  # noqa: BLE001 - any failure to unpack gets the same advice
-            name = "unpack_batch" if self.unpack_batch is not None else "the default unpack (an (inputs, target) pair)"
+            name = (
+                "options.unpack_batch"
+                if self.unpack_batch is not None
+                else "the default unpack (an (inputs, target) pair)"
+            )
             raise MisconfigurationException(
                 f"{type(self).__name__}: {name} cannot split a batch into (inputs, target): {err}. Pass "
-                "`unpack_batch=` a function batch -> (inputs, target), e.g. `lambda b: (b['image'], b['mask'])`."
+                "`options=...Options(unpack_batch=f)` with f a function batch -> (inputs, target), e.g. "
+                "`lambda b: (b['image'], b['mask'])`."
             ) from err
 
     def _check_validation(self, trainer: pl.Trainer) -> None:
@@ -283,7 +286,7 @@ class PruningCallback(Callback):
         except ValueError as err:
             raise MisconfigurationException(
                 f"{type(self).__name__}: {err}. Pass `metric=` a torchmetrics Metric or a callable (preds, target) "
-                "-> float that takes them, or `unpack_batch=` if the target is not the batch's second item."
+                "-> float that takes them, or set `options.unpack_batch` if the target is not the batch's second item."
             ) from err
         self._score = score
         if 0 < self._budget_points() < 0.05:

@@ -89,7 +89,7 @@ def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifie
     search = None
     if callback is not None:
         search = {
-            "layers_done": int(callback["done"]),
+            "layers_done": len({record["name"] for record in callback["history"]}),
             "layers_total": len(callback["groups"]),
             "baseline_val_acc": (callback["baseline"] or {}).get("val_acc"),
         }

@@ -1,8 +1,8 @@
 """Rewards for one pruning action: pure functions of accuracies (percentage points) and filter counts.
 
-Both papers multiply an accuracy term, `1 - (p* - p) / b`, by an efficiency term. `p*` is the accuracy of the
-unpruned network before pruning began, so `b` budgets the drop of the whole network, not of one layer: once
-earlier layers have used part of the budget, later layers are rewarded for pruning less. The accuracy term is
+Both papers multiply an accuracy term, `1 - (p* - p) / b`, by an efficiency term. `p*` is the score of the
+network before the step began and `b` the step's allowance, so it budgets the drop of the whole network, not of
+one layer: once earlier layers have used part of it, later layers are rewarded for pruning less. The accuracy term is
 negative whenever the drop exceeds `b`, and then removing more filters is punished harder.
 
 Pruned layer by layer, the earliest layers would otherwise spend the whole budget: each reward sees only its own
@@ -16,7 +16,7 @@ large one; capped, a larger `b` never prefers keeping more filters among the sam
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 RewardFn = Callable[[float, float, float, int, int], float]
 
@@ -62,12 +62,6 @@ def budget_at(
     if weights is None or len(weights) != count or min(weights) < 0 or sum(weights) <= 0:
         raise ValueError(f"The 'macs' schedule needs {count} weights >= 0 with a positive sum, got {weights}")
     return b * sum(weights[: index + 1]) / sum(weights)
-
-
-def charged(drops: Iterable[float]) -> float:
-    """The drop (points) that cuts whose own drops are `drops` have spent of the budget: their sum, a cut that
-    scored above its reference counting as no drop (that gain is noise, as in `accuracy_term`)."""
-    return sum(max(d, 0.0) for d in drops)
 
 
 def fewest_within(drops: Sequence[float], kept: Sequence[int], budget: float) -> int | None:

@@ -20,14 +20,10 @@ consistent statistics, far closer to what it reaches after fine-tuning, and the 
 restored afterwards. The engine re-estimates the BatchNorm layers of the suffix (for a plain chain, exactly what
 physical removal followed by re-estimation gives); the full-forward fallback re-estimates every BatchNorm layer
 from the group's first layer on.
-
-`RecoveryScorer` is the one scorer that works on copies: it scores a candidate after a short training of the
-pruned copy, for the few candidates of a decision where a forecast of fine-tuning is worth that cost.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import operator
@@ -46,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_prune.metric import Score, TopOne, Unpack, unpack_pair
-from lightning_prune.surgery import build_graph, execution_order, out_channels, prune_step
+from lightning_prune.surgery import execution_order, out_channels
 
 #: `(inputs, target)` on the model's device.
 Batch = tuple[Any, torch.Tensor]
@@ -544,74 +540,6 @@ def reestimate_batchnorm(
     finally:
         for module, training in modes:
             module.training = training
-
-
-class RecoveryScorer:
-    """The score (points) of a candidate after a short recovery, scored on a copy.
-
-    The removed filters of the group rooted at layer `name` are removed physically from a deep copy of the model
-    (with every coupled tensor), its BatchNorm statistics are re-estimated on `calibration`, and it takes one SGD
-    step (momentum 0.9, learning rate `lr`, cross-entropy over dim 1) per batch of `training` before it is scored on
-    `batches`. The live model is never touched.
-
-    The score of `CandidateScorer` is what the cut leaves before any training, a pessimistic forecast of what
-    fine-tuning makes of it: on the b-sweep's VGG-16 x0.25, halving `features.3` scores 2.9 points below the
-    unpruned model that way and 0.13 below it after 60 steps at lr 0.001 (`benchmarks/bn_reestimation.py
-    --recovery-steps 60`). Every candidate, and the unpruned model (`accuracy()`), recovers on the same batches
-    in the same order from the same random state, so two scores differ only through the cut and the different
-    course the short training takes after it.
-
-    Args:
-        model: the network (left as it is).
-        name: the root convolution of the channel group the masks index.
-        inputs: an example input for tracing the copy (`surgery.example_input`).
-        calibration: training images on which the copy's BatchNorm statistics are re-estimated.
-        training: training batches `(x, y)`, one SGD step each.
-        batches: validation batches `(x, y)` the recovered copy is scored on.
-        lr: SGD learning rate of the recovery.
-        forward_context: the Trainer precision's forward context (autocast), or None.
-        seed: random state of the recovery (dropout), the same for every candidate.
-        score: what the copy is scored on (None: top-1 accuracy).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        name: str,
-        inputs: torch.Tensor,
-        calibration: Sequence[torch.Tensor],
-        training: Sequence[Batch],
-        batches: Sequence[Batch],
-        lr: float,
-        forward_context: Callable[[], AbstractContextManager] | None = None,
-        seed: int = 0,
-        score: Score | None = None,
-    ) -> None:
-        self.model, self.name, self.inputs = model, name, inputs
-        self.calibration, self.training, self.batches = list(calibration), list(training), list(batches)
-        self.lr, self.seed = lr, seed
-        self.forward_context = forward_context or nullcontext
-        self.score = score
-
-    def accuracy(self, keep: torch.Tensor | None = None) -> float:
-        """The recovered copy's score with the group's filters outside `keep` removed (None: keep all)."""
-        device = self.inputs.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
-            torch.manual_seed(self.seed)
-            model = copy.deepcopy(self.model)
-            if keep is not None and not bool(keep.all()):
-                removed = (~keep.cpu()).nonzero().flatten().tolist()
-                prune_step(model, build_graph(model, self.inputs), [self.name, True, removed])
-            reestimate_batchnorm(model, self.calibration, self.forward_context)
-            optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
-            model.train()
-            for x, y in self.training:
-                optimizer.zero_grad(set_to_none=True)
-                with self.forward_context():
-                    loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                optimizer.step()
-        return evaluate(model, self.batches, self.forward_context, self.score)
 
 
 def evaluate(

@@ -209,20 +209,12 @@ def log_layer(
         "prune/macs": float(record["macs"]),
         "prune/macs_reduction": reduction,
     }
-    score = f"val acc of the decision {record['decision_acc']:.2f} (p*={p_star:.2f}"
-    if "recovered_reference" in record:  # scores (and p*) measured after a short recovery
-        metrics["prune/recovered_reference"] = float(record["recovered_reference"])
-        score = (
-            f"val acc after recovery of the decision {record['decision_acc']:.2f}, of the layer unpruned "
-            f"{record['recovered_reference']:.2f} (p*={p_star:.2f}"
-        )
     for logger in trainer.loggers if trainer.is_global_zero else []:
         logger.log_metrics(metrics, step=trainer.global_step)
     rank_zero_info(
-        f"[RLPrune] layer {record['index'] + 1}/{total_layers} {record['name']}: "
-        f"{record['before']} -> {record['after']} filters, {score}, b={b}, "
-        f"drop allowed by this layer {record.get('budget', b):.2f}), "
-        f"MACs -{100 * reduction:.1f}%"
+        f"[RLPrune] step {record.get('step', 0) + 1}, layer {record.get('group', record['index']) + 1}/{total_layers} "
+        f"{record['name']}: {record['before']} -> {record['after']} filters, score {record['decision_acc']:.2f} "
+        f"(step start {p_star:.2f}, allowed drop {record.get('budget', b):.2f}, b={b}), MACs -{100 * reduction:.1f}%"
     )
 
 
@@ -392,3 +384,11 @@ def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
         f"fewer); MACs {base['macs']:,} -> {final['macs']:,} ({100 * (1 - final['macs'] / base['macs']):.1f}% "
         f"fewer){acc}.{where}"
     )
+    if base.get("check") is not None and final.get("check") is not None:
+        outcomes = [s.get("outcome", "not measured") for s in summary.get("steps", [])]
+        counts = ", ".join(f"{outcomes.count(o)} {o}" for o in dict.fromkeys(outcomes))
+        console.print(
+            f"Held-out validation score (images the search never scored): dense {base['check']:.2f} -> final "
+            f"{final['check']:.2f}, a drop of {base['check'] - final['check']:.2f} against b = {summary['b']}. "
+            f"Steps: {counts or 'none'}."
+        )

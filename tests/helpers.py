@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -19,7 +21,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 
-from lightning_prune import ImageClassifier, RLPruneCallback
+from lightning_prune import ImageClassifier, RLOptions, RLPruneCallback
 from lightning_prune.data import EmbeddedFashionMNISTDataModule
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -70,20 +72,31 @@ def tiny_data(batch_size: int = 32, **kwargs: Any) -> EmbeddedFashionMNISTDataMo
 
 def fast_callback(**kwargs: Any) -> RLPruneCallback:
     """Few, cheap agent updates; the greedy decision with `init_keep` below 0.5 and `min_keep=0.5` makes every
-    layer really shrink."""
-    options: dict[str, Any] = {
+    layer really shrink, in the step of epoch 1, measured at the start of epoch 2. The default `b=50` keeps that
+    step: a tiny model's score on one check batch moves by several points with a training batch, and a step whose
+    measured drop is above `b` is undone. Keyword arguments override the callback's arguments or its `RLOptions`
+    fields."""
+    arguments: dict[str, Any] = {
+        "b": 50.0,
         "layers": LAYERS["vgg11"],
         "start_epoch": 1,
         "finetune_epochs": 1,
+        "min_keep": 0.5,
+    }
+    options: dict[str, Any] = {
         "num_samples": 4,
         "agent_updates": 2,
         "reward_batches": 1,
+        "check_batches": 1,
         "init_keep": 0.3,
-        "min_keep": 0.5,
         "decision": "greedy",
     }
-    options.update(kwargs)
-    return RLPruneCallback(**options)
+    for key, value in kwargs.items():
+        (options if key in RL_OPTIONS else arguments)[key] = value
+    return RLPruneCallback(**arguments, options=RLOptions(**options))
+
+
+RL_OPTIONS = {f.name for f in dataclasses.fields(RLOptions)}
 
 
 #: A quiet CPU Trainer on a few batches (`fast_trainer`; the user-module tests build the same under `lightning`).
@@ -110,6 +123,38 @@ def fast_trainer(root: Path, callbacks: list[Callback] | None = None, **kwargs: 
 def steps(module: ImageClassifier) -> list:
     """The module's pruning plan as plain data."""
     return module.plan.state()["steps"]
+
+
+def training_state(trainer: pl.Trainer, module: ImageClassifier) -> dict[str, Any]:
+    """A copy of what a pruning step and the training after it change: the module's tensors (parameters and
+    buffers, with their shapes), its plan, the parameters the optimizer holds, its state and hyperparameters, and
+    the LR schedulers' state."""
+    optimizer = trainer.optimizers[0]
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return {
+        "tensors": {k: v.detach().clone() for k, v in module.state_dict().items() if torch.is_tensor(v)},
+        "plan": copy.deepcopy(steps(module)),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "optimizes_every_parameter": held == {id(p) for p in module.parameters()},
+        "schedulers": [copy.deepcopy(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs],
+    }
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exact equality of nested dicts, lists and tensors (dtype, shape and values)."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return (
+            torch.is_tensor(a)
+            and torch.is_tensor(b)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 class AfterPruning(Callback):
@@ -146,8 +191,13 @@ def check_pruned_and_trained(
 
 # -- runs shared by the checkpoint and distributed tests (also run as subprocesses: see the bottom) ----------
 
-#: The pruning run that the checkpoint tests interrupt and resume: layers cut at epochs 1 and 2 of 3.
+#: The pruning run that the checkpoint tests interrupt and resume: both layers cut in the step of epoch 1 of 3,
+#: whose drop is measured at the start of epoch 2.
 RESUME_LAYERS = LAYERS["vgg11"]
+
+#: `b` of that run: far above any drop a tiny model can measure on one batch, so its step is kept (a run resumed
+#: between a step and its measurement cannot undo it: see `RLPruneCallback`).
+RESUME_B = 50.0
 
 
 def resume_run(root: Path, ckpt_path: str | None = None, loggers: list | None = None) -> tuple[ImageClassifier, Any]:
@@ -157,7 +207,7 @@ def resume_run(root: Path, ckpt_path: str | None = None, loggers: list | None = 
 
     pl.seed_everything(0)
     module = tiny_classifier()
-    callback = fast_callback(layers=RESUME_LAYERS)
+    callback = fast_callback(b=RESUME_B, layers=RESUME_LAYERS)
     checkpoints = ModelCheckpoint(dirpath=root / "ckpt", filename="{epoch}", save_top_k=-1, save_last=True)
     trainer = fast_trainer(
         root, [callback, checkpoints], enable_checkpointing=True, logger=loggers or False, limit_train_batches=2
@@ -208,12 +258,12 @@ def param_checksum(module: torch.nn.Module) -> float:
 
 
 def distributed_run(root: Path, strategy: str, devices: int) -> tuple[ImageClassifier, pl.Trainer]:
-    """The run the DDP tests compare: two layers cut mid-fit, each decided on recovered copies that the ranks
-    share; every rank reads all the training data in the same order (no distributed sampler), so any number of
-    processes computes the same updates."""
+    """The run the DDP tests compare: two layers cut mid-fit, each decided on candidates whose scores the ranks
+    share, and the step's drop measured after fine-tuning; every rank reads all the training data in the same
+    order (no distributed sampler), so any number of processes computes the same updates."""
     pl.seed_everything(0)
     module = tiny_classifier()
-    callback = fast_callback(b=50.0, decision="reward", decision_counts=3, recovery_steps=2)
+    callback = fast_callback(b=50.0, decision="reward", decision_counts=3)
     trainer = fast_trainer(
         root,
         [callback, WriteRankResult(root)],

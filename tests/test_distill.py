@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_prune import DistillationCallback, DistributionPruneCallback, ImageClassifier
+from lightning_prune import DistillationCallback, DistributionOptions, DistributionPruneCallback, ImageClassifier
 from lightning_prune.data import EmbeddedFashionMNISTDataModule
 from lightning_prune.distill import Distiller, distillation_loss
 
@@ -85,7 +85,8 @@ def test_pruned_student_learns_from_the_unpruned_teacher() -> None:
     _trainer([], epochs=1, batches=30).fit(module, datamodule=dm)  # a teacher worth learning from
     keys = set(module.state_dict())
     record = _RecordKD()
-    prune = DistributionPruneCallback(target=0.5, step_size=0.5, num_samples=2, updates=1, reward_batches=1)
+    options = DistributionOptions(num_samples=2, updates=1, reward_batches=1)
+    prune = DistributionPruneCallback(target=0.5, step_size=0.5, options=options)
     distil = DistillationCallback(temperature=4.0, weight=1.0)
     trainer = _trainer([prune, distil, record], epochs=2, batches=8)
     trainer.fit(module, datamodule=dm)

@@ -4,6 +4,7 @@ and of `lightning_prune.distribution_callback.DistributionPruneCallback` on ResN
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 
 import pytest
@@ -13,7 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_prune import DistributionPruneCallback, ImageClassifier, surgery
+from lightning_prune import DistributionOptions, DistributionPruneCallback, ImageClassifier, RLOptions, surgery
 from lightning_prune.data import EmbeddedFashionMNISTDataModule
 from lightning_prune.distribution import (
     CostModel,
@@ -267,6 +268,17 @@ def test_a_calibrated_sample_scores_removal_then_batchnorm_reestimation() -> Non
 
 # -- the callback ------------------------------------------------------------------------------------------
 
+DISTRIBUTION_OPTIONS = {f.name for f in dataclasses.fields(DistributionOptions)}
+
+
+def _callback(**kwargs) -> DistributionPruneCallback:
+    """`DistributionPruneCallback` with `kwargs` routed to its arguments or to its `DistributionOptions` fields."""
+    options = {k: v for k, v in kwargs.items() if k in DISTRIBUTION_OPTIONS}
+    arguments = {k: v for k, v in kwargs.items() if k not in DISTRIBUTION_OPTIONS}
+    if options:
+        arguments["options"] = DistributionOptions(**options)
+    return DistributionPruneCallback(**arguments)
+
 
 def _fit(name: str, callback: DistributionPruneCallback, epochs: int, ckpt_path: str | None = None, **kwargs):
     pl.seed_everything(0, verbose=False)
@@ -292,9 +304,7 @@ def _channels(module: ImageClassifier, names: list[str]) -> list[int]:
 
 
 def test_resnet56_reaches_the_channel_target_in_steps_and_reloads(tmp_path) -> None:
-    cb = DistributionPruneCallback(
-        target=0.5, step_size=0.3, finetune_epochs=1, num_samples=3, updates=1, reward_batches=1, seed=1
-    )
+    cb = _callback(target=0.5, step_size=0.3, finetune_epochs=1, num_samples=3, updates=1, reward_batches=1, seed=1)
     module = _fit("resnet56", cb, epochs=2, limit_train_batches=1)
     sizes = _channels(module, cb.groups)
     removed = 1 - sum(sizes) / sum(cb.sizes)
@@ -310,7 +320,7 @@ def test_resnet56_reaches_the_channel_target_in_steps_and_reloads(tmp_path) -> N
 def test_inception_macs_target_with_taylor_is_reproducible() -> None:
     plans = []
     for _ in range(2):
-        cb = DistributionPruneCallback(
+        cb = _callback(
             target=0.4, target_type="macs", step_size=0.25, finetune_epochs=0, criterion="taylor",
             num_samples=3, updates=1, reward_batches=1, taylor_batches=1, seed=3,
         )  # fmt: skip
@@ -328,7 +338,7 @@ def test_inception_macs_target_with_taylor_is_reproducible() -> None:
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_resuming_mid_schedule_gives_the_uninterrupted_result(tmp_path) -> None:
     def run(ckpt_path: str | None = None) -> tuple[ImageClassifier, DistributionPruneCallback]:
-        cb = DistributionPruneCallback(
+        cb = _callback(
             target=0.5, step_size=0.25, finetune_epochs=1, num_samples=2, updates=2, reward_batches=1, seed=5
         )
         saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1)
@@ -352,20 +362,25 @@ def test_resuming_mid_schedule_gives_the_uninterrupted_result(tmp_path) -> None:
         ({"target": 0.0}, "target=0.0 must be in \\(0, 1\\)"),
         ({"target": 1.0}, "target=1.0 must be in \\(0, 1\\)"),
         ({"target": 1.5}, "target=1.5 must be in \\(0, 1\\)"),
-        ({"alpha": -0.1}, "alpha=-0.1 must be >= 0"),
-        ({"beta": -1}, "beta=-1 must be >= 0"),
-        ({"criterion": "random"}, "criterion='random' is unknown"),
+        ({"alpha": -0.1}, "options.alpha=-0.1 must be >= 0"),
+        ({"beta": -1}, "options.beta=-1 must be >= 0"),
+        ({"criterion": "random"}, "options.criterion='random' is unknown"),
         ({"target_type": "flops"}, "target_type='flops' is unknown"),
         ({"step_size": 0}, "step_size=0 must be in \\(0, 1\\]"),
         ({"min_keep": 0}, "min_keep=0 must be a count"),
-        ({"clip": 1.0}, "clip=1.0 must be in \\(0, 1\\)"),
+        ({"clip": 1.0}, "options.clip=1.0 must be in \\(0, 1\\)"),
         ({"layers": []}, "layers=\\[\\] selects nothing"),
-        ({"calibration_batches": -1}, "calibration_batches=-1 must be >= 0"),
+        ({"calibration_batches": -1}, "options.calibration_batches=-1 must be >= 0"),
+        ({"updates": 0}, "options.updates=0 must be >= 1 \\(an int\\)"),
+        ({"epsilon": 1.5}, "options.epsilon=1.5 must be in \\[0, 1\\]"),
+        ({"taylor_batches": 0}, "options.taylor_batches=0 must be >= 1"),
+        ({"unpack_batch": "x"}, "options.unpack_batch='x' must be callable"),
+        ({"options": RLOptions()}, "options=RLOptions\\(.*\\) must be a lightning_prune.options.DistributionOptions"),
     ],
 )
 def test_bad_arguments_fail_in_init(kwargs: dict, message: str) -> None:
     with pytest.raises(MisconfigurationException, match=message):
-        DistributionPruneCallback(**kwargs)
+        _callback(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -378,7 +393,7 @@ def test_bad_arguments_fail_in_init(kwargs: dict, message: str) -> None:
 )
 def test_impossible_schedules_fail_at_setup(kwargs: dict, epochs: int, message: str) -> None:
     with pytest.raises(MisconfigurationException, match=message):
-        _fit("inception_small", DistributionPruneCallback(**kwargs), epochs=epochs)
+        _fit("inception_small", _callback(**kwargs), epochs=epochs)
 
 
 def test_selectable_from_the_cli_config(monkeypatch) -> None:
@@ -393,7 +408,7 @@ def test_selectable_from_the_cli_config(monkeypatch) -> None:
             "callbacks": [
                 {
                     "class_path": "lightning_prune.DistributionPruneCallback",
-                    "init_args": {"target": 0.3, "target_type": "macs", "criterion": "taylor"},
+                    "init_args": {"target": 0.3, "target_type": "macs", "options": {"criterion": "taylor"}},
                 },
                 {"class_path": "lightning_prune.DistillationCallback", "init_args": {"temperature": 2.0}},
             ],
@@ -403,4 +418,5 @@ def test_selectable_from_the_cli_config(monkeypatch) -> None:
     prune, distil = cli.trainer.callbacks[:2]
     assert isinstance(prune, DistributionPruneCallback)
     assert (prune.target, prune.target_type, prune.criterion) == (0.3, "macs", "taylor")
+    assert prune.options == DistributionOptions(criterion="taylor")
     assert distil.temperature == 2.0

@@ -21,7 +21,7 @@ def _prune_with(tmp_path, precision: str):
     pl.seed_everything(0)
     module = tiny_classifier()
     sizes = {n: module.model.get_submodule(n).out_channels for n in LAYERS["vgg11"]}
-    snapshot = AfterPruning(LAYERS["vgg11"], epoch=2)
+    snapshot = AfterPruning(LAYERS["vgg11"], epoch=1)
     trainer = fast_trainer(tmp_path, [fast_callback(), snapshot], precision=precision, limit_train_batches=2)
     trainer.fit(module, datamodule=tiny_data())
     check_pruned_and_trained(trainer, module, sizes, snapshot)

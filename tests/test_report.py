@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import RESUME_LAYERS, resume_run
 from PIL import Image
 
 from lightning_prune.cli import main
@@ -10,18 +11,22 @@ from lightning_prune.report import build_report
 
 
 @pytest.fixture(scope="module")
-def quickstart_checkpoint(quickstart):
-    """The checkpoint of the quickstart run shared with test_cli (slow the first time: about a minute)."""
-    if quickstart.checkpoint is None:
-        pytest.fail(f"the quickstart run wrote no checkpoint: {quickstart.process.stderr[-2000:]}")
-    return quickstart.checkpoint
+def callback_run(tmp_path_factory):
+    """A short RLPruneCallback run (`helpers.resume_run`: one step cutting two layers of a tiny VGG-11, kept): its
+    callback, last checkpoint and summary."""
+    root = tmp_path_factory.mktemp("callback-run")
+    _, callback = resume_run(root)
+    summary = json.loads((root / "pruning_summary.json").read_text())
+    return callback, root / "ckpt" / "last.ckpt", summary
 
 
-def test_report_of_callback_checkpoint_matches_run_summary(quickstart, quickstart_checkpoint, capsys):
-    assert main(["report", str(quickstart_checkpoint), "--json"]) == 0
+def test_report_of_callback_checkpoint_matches_run_summary(callback_run, capsys):
+    callback, checkpoint, summary = callback_run
+    assert [s["outcome"] for s in summary["steps"]] == ["kept"]
+    assert main(["report", str(checkpoint), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    summary = quickstart.summary
     assert [layer["name"] for layer in data["layers"]] == [layer["name"] for layer in summary["layers"]]
+    assert [layer["name"] for layer in data["layers"]] == RESUME_LAYERS
     for got, logged in zip(data["layers"], summary["layers"], strict=True):
         assert (got["before"], got["after"]) == (logged["before"], logged["after"])
         assert got["decision_acc"] == pytest.approx(logged["decision_acc"])
@@ -32,18 +37,19 @@ def test_report_of_callback_checkpoint_matches_run_summary(quickstart, quickstar
     }
     assert data["params"]["after"] == summary["final"]["params"]
     assert data["search"] == {
-        "layers_done": 8,
-        "layers_total": 8,
+        "layers_done": 2,
+        "layers_total": 2,
         "baseline_val_acc": pytest.approx(summary["baseline"]["val_acc"]),
     }
 
 
-def test_report_prints_table(quickstart_checkpoint, capsys):
-    assert main(["report", str(quickstart_checkpoint)]) == 0
+def test_report_prints_table(callback_run, capsys):
+    _, checkpoint, _ = callback_run
+    assert main(["report", str(checkpoint)]) == 0
     out = capsys.readouterr().out
-    for text in ("features.0", "features.25", "channels before", "decision acc", "MACs:", "% removed"):
+    for text in ("features.4", "features.8", "channels before", "decision acc", "MACs:", "% removed"):
         assert text in out
-    assert "8/8 layers searched" in out
+    assert "2/2 layers searched" in out
 
 
 def test_report_plot_is_a_png(tiny_checkpoints, tmp_path, capsys):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lightning_prune.reward import REWARDS, accuracy_term, budget_at, charged, fewest_within, huang_reward, yang_reward
+from lightning_prune.reward import REWARDS, accuracy_term, budget_at, fewest_within, huang_reward, yang_reward
 
 
 def test_accuracy_term() -> None:
@@ -110,8 +110,3 @@ def test_fewest_within_keeps_the_fewest_filters_the_budget_allows() -> None:
 def test_fewest_within_needs_one_drop_per_candidate() -> None:
     with pytest.raises(ValueError, match="one drop per candidate"):
         fewest_within([0.1], [16, 8], 1.0)
-
-
-def test_charged_adds_the_drops_and_counts_a_gain_as_none() -> None:
-    assert charged([0.25, -0.5, 0.5]) == 0.75
-    assert charged([]) == 0.0

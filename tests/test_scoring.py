@@ -14,7 +14,6 @@ from lightning_prune.models import build_model
 from lightning_prune.policy import LayerSearch
 from lightning_prune.scoring import (
     CandidateScorer,
-    RecoveryScorer,
     batch_count,
     evaluate,
     reestimate_batchnorm,
@@ -415,51 +414,6 @@ def test_calibrated_scores_match_removal_then_batchnorm_reestimation(layer: str)
     assert all(m.momentum == 0.1 and not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     with CandidateScorer(model, maps, batches) as plain:
         assert [plain.accuracy(k) for k in masks] != scores  # re-estimation changes the scores
-
-
-def _recovered_by_hand(model, name, keep, calibration, training, batches, lr, seed) -> float:
-    net = copy.deepcopy(model)
-    if not keep.all():
-        removed = (~keep).nonzero().flatten().tolist()
-        surgery.prune_step(net, surgery.build_graph(net, EXAMPLE), [name, True, removed])
-    reestimate_batchnorm(net, calibration)
-    torch.manual_seed(seed)
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    net.train()
-    for x, y in training:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        optimizer.step()
-    net.eval()
-    with torch.no_grad():
-        correct = sum(int((net(x).argmax(-1) == y).sum()) for x, y in batches)
-    return 100.0 * correct / sum(len(y) for _, y in batches)
-
-
-def test_recovered_score_is_removal_reestimation_and_sgd_on_a_copy() -> None:
-    """Without steps the recovered score is removal plus re-estimation of every BatchNorm layer; with steps, that
-    copy trained by SGD. The live model, its modes and the global random stream are left alone, and every call
-    recovers from the same random state (candidates differ only by their cut)."""
-    model = _randomized(build_model("vgg11", num_classes=10, width=0.25))
-    batches, calibration = _batches(model), _calibration()
-    training = [(x, (y + 1) % 10) for x, y in _batches(model, n=3, seed=5)]  # labels the model gets wrong
-    keep = _keep_masks(model.features[8].out_channels, seed=3)[1]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    full = torch.ones_like(keep)
-    still = RecoveryScorer(model, "features.8", EXAMPLE, calibration, [], batches, lr=0.05)
-    assert still.accuracy(keep) == _removed_and_recalibrated(model, "features.8", keep, batches, calibration, 0)
-    assert still.accuracy() == _recovered_by_hand(model, "features.8", full, calibration, [], batches, 0.05, 0)
-    moved = RecoveryScorer(model, "features.8", EXAMPLE, calibration, training, batches, lr=0.05, seed=4)
-    rng = torch.get_rng_state()
-    scores = [moved.accuracy(keep), moved.accuracy(keep), moved.accuracy()]
-    assert torch.equal(torch.get_rng_state(), rng)
-    by_hand = [
-        _recovered_by_hand(model, "features.8", k, calibration, training, batches, 0.05, 4) for k in [keep, full]
-    ]
-    assert scores == [by_hand[0], *by_hand]
-    assert scores[2] < still.accuracy()  # trained towards the wrong labels
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
-    assert not any(m.training for m in model.modules())
 
 
 def test_evaluate_scores_in_eval_mode_and_restores_the_mode() -> None:

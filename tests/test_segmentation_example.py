@@ -14,7 +14,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from lightning_prune import RLPruneCallback, load_module
+from lightning_prune import RLOptions, RLPruneCallback, load_module
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "segmentation.py"
 #: The skip-connected output of the first encoder block, then the bottleneck feeding a ConvTranspose2d.
@@ -58,20 +58,11 @@ def trainer(root: Path, max_epochs: int, callbacks: list[L.Callback] | None = No
 
 
 def pruner(**kwargs) -> RLPruneCallback:
-    """Tiny search: each test prunes two groups in a few seconds."""
-    return RLPruneCallback(
-        b=50.0,
-        layers=LAYERS,
-        start_epoch=0,
-        finetune_epochs=0,
-        num_samples=2,
-        agent_updates=1,
-        reward_batches=1,
-        calibration_batches=1,
-        decision_counts=2,
-        init_keep=0.5,
-        **kwargs,
+    """Tiny search: each test prunes two groups in one step in a few seconds."""
+    options = RLOptions(
+        num_samples=2, agent_updates=1, reward_batches=1, calibration_batches=1, decision_counts=2, init_keep=0.5
     )
+    return RLPruneCallback(b=50.0, layers=LAYERS, start_epoch=0, finetune_epochs=1, options=options, **kwargs)
 
 
 def test_compose_scenes_is_deterministic_and_labels_garment_pixels() -> None:
@@ -104,7 +95,7 @@ def test_pruning_shrinks_the_unet_and_keeps_every_class(scenes, metric, tmp_path
         metric=MulticlassJaccardIndex(num_classes=seg.NUM_CLASSES) if metric else None,
         monitor="val_miou",
     )
-    pruned = trainer(tmp_path, 1, [callback])
+    pruned = trainer(tmp_path, 2, [callback])
     pruned.fit(model, datamodule=scenes)
     after = seg.cost(model)
     assert (tmp_path / "pruning_summary.json").is_file()

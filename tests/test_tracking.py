@@ -24,7 +24,7 @@ import rich
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-from lightning_prune import ImageClassifier, RLPruneCallback, tracking
+from lightning_prune import ImageClassifier, RLOptions, RLPruneCallback, tracking
 from lightning_prune.data import EmbeddedFashionMNISTDataModule
 
 
@@ -36,22 +36,14 @@ def _fit(
     callbacks: list[pl.Callback] | None = None,
     **trainer_kwargs: Any,
 ) -> tuple[pl.Trainer, RLPruneCallback]:
-    """A tiny pruning run: VGG-11 at width 1/8 on the embedded Fashion-MNIST, one batch per epoch, one layer per
-    epoch. `init_keep=0.3` with the greedy decision makes every layer remove filters, so the run always shrinks
-    the model."""
+    """A tiny pruning run: VGG-11 at width 1/8 on the embedded Fashion-MNIST, one batch per epoch, every layer
+    pruned in the step of epoch 0, its drop measured at the start of epoch 1 (the last). `init_keep=0.3` with the
+    greedy decision makes every layer remove filters, and `b=50` keeps them, so the run always shrinks the model."""
     pl.seed_everything(0)
-    prune = RLPruneCallback(
-        b=1.0,
-        layers=layers,
-        agent_updates=updates,
-        num_samples=2,
-        reward_batches=1,
-        init_keep=0.3,
-        decision="greedy",
-        seed=0,
-    )
+    options = RLOptions(agent_updates=updates, num_samples=2, reward_batches=1, init_keep=0.3, decision="greedy")
+    prune = RLPruneCallback(b=50.0, layers=layers, seed=0, options=options)
     kwargs: dict[str, Any] = {
-        "max_epochs": len(layers),
+        "max_epochs": 2,
         "limit_train_batches": 1,
         "limit_val_batches": 1,
         "num_sanity_val_steps": 0,

@@ -35,7 +35,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 class Snapshot(Callback):
-    """Weights of the pruned layers right after the last cut (listed after the pruning callback)."""
+    """Weights of the pruned layers right after the cuts of epoch `epoch` (listed after the pruning callback)."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch, self.weights = epoch, {}
@@ -51,7 +51,7 @@ def test_user_module_is_pruned_keeps_training_and_reloads_in_a_fresh_process(tmp
     torch.manual_seed(0)
     module = CLASSES[namespace]()
     before = macs(module)
-    snapshot = Snapshot(epoch=2)
+    snapshot = Snapshot(epoch=1)
     run = trainer(namespace, tmp_path, [callback(kind), snapshot], precision="bf16-mixed" if kind == "rl" else None)
     run.fit(module, *loaders())
     assert macs(module) < before
@@ -81,7 +81,8 @@ def test_resume_from_a_checkpoint_of_the_user_module_mid_pruning(tmp_path):
     resumed_callback = callback("rl")
     module = CLASSES["lightning"]()
     run = trainer("lightning", tmp_path, [resumed_callback])
-    run.fit(module, *loaders(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")  # after the first of two cuts
+    run.fit(module, *loaders(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")  # after the step, before its measure
+    assert [s["outcome"] for s in resumed_callback.steps] == ["kept"]
     assert [r["name"] for r in resumed_callback.history] == LAYERS
     assert module.backbone.conv1.out_channels < 64
 
@@ -118,12 +119,17 @@ def _dict_loaders() -> tuple[DataLoader, DataLoader]:
     ("module", "data", "kwargs", "match"),
     [
         (CLASSES["lightning"], loaders, {"metric": BinaryAccuracy()}, "metric cannot be computed.*Pass `metric=`"),
-        (CLASSES["lightning"], _dict_loaders, {}, "cannot split a batch.*dict.*Pass `unpack_batch=`"),
+        (
+            CLASSES["lightning"],
+            _dict_loaders,
+            {},
+            "cannot split a batch.*dict.*`options=...Options\\(unpack_batch=f\\)`",
+        ),
         (
             CLASSES["lightning"],
             _dict_loaders,
             {"unpack_batch": lambda b: (b["img"], b["label"])},
-            r"unpack_batch cannot split a batch.*'img'",
+            r"options.unpack_batch cannot split a batch.*'img'",
         ),
         (TwoInputs, loaders, {}, "forward cannot be traced.*example_input_array"),
     ],
@@ -137,9 +143,7 @@ def test_bad_input_fails_at_setup_naming_the_fix(tmp_path, module, data, kwargs,
 
 
 def test_a_budget_that_looks_like_a_fraction_warns(tmp_path):
-    run = trainer(
-        "pytorch_lightning", tmp_path, [callback("rl", b=0.01, start_epoch=0, finetune_epochs=0)], max_epochs=1
-    )
+    run = trainer("pytorch_lightning", tmp_path, [callback("rl", b=0.01, start_epoch=0)], max_epochs=2)
     with pytest.warns(UserWarning, match="b=0.01|budget 0.01 looks like a fraction"):
         run.fit(CLASSES["pytorch_lightning"](), *loaders())
 

@@ -3,6 +3,7 @@ the runs the user-module tests make of them. Also a subprocess entry: `user_modu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from helpers import FAST_TRAINER
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_prune import DistributionPruneCallback, RLPruneCallback, load_module
+from lightning_prune import DistributionOptions, DistributionPruneCallback, RLOptions, RLPruneCallback, load_module
 from lightning_prune.measure import model_cost
 
 #: Two coupled groups of resnet18: the stem with stage 1's residual stream, then a block's inner conv.
@@ -74,13 +75,23 @@ def loaders(size: int = 32, batch_size: int = 16) -> tuple[DataLoader, DataLoade
 
 
 def callback(kind: str, **kwargs: Any) -> RLPruneCallback | DistributionPruneCallback:
-    """Tiny search settings that really cut both groups."""
-    common = {"layers": LAYERS, "start_epoch": 1, "finetune_epochs": 1, "calibration_batches": 1}
+    """Tiny search settings that really cut both groups, in one step at epoch 1 (RL: measured at epoch 2, and kept
+    by a generous `b`). Keyword arguments override the callback's arguments or its options' fields."""
+    arguments: dict[str, Any] = {"layers": LAYERS, "start_epoch": 1, "finetune_epochs": 1}
+    options: dict[str, Any] = {"calibration_batches": 1, "reward_batches": 1, "num_samples": 2}
     if kind == "rl":
-        options = {"b": 1.0, "num_samples": 2, "agent_updates": 1, "reward_batches": 1, "init_keep": 0.3}
-        return RLPruneCallback(**{**common, **options, "decision": "greedy", "min_keep": 0.25, **kwargs})
-    options = {"target": 0.3, "step_size": 0.3, "num_samples": 2, "updates": 1, "elite_size": 1}
-    return DistributionPruneCallback(**{**common, **options, "reward_batches": 1, **kwargs})
+        arguments.update(b=50.0, min_keep=0.25)
+        options.update(agent_updates=1, init_keep=0.3, decision="greedy")
+    else:
+        arguments.update(target=0.3, step_size=0.3)
+        options.update(updates=1, elite_size=1)
+    cls, options_cls = (
+        (RLPruneCallback, RLOptions) if kind == "rl" else (DistributionPruneCallback, DistributionOptions)
+    )
+    fields = {f.name for f in dataclasses.fields(options_cls)}
+    for key, value in kwargs.items():
+        (options if key in fields else arguments)[key] = value
+    return cls(**arguments, options=options_cls(**options))
 
 
 def trainer(namespace: str, root: Path, callbacks: list, **kwargs: Any):

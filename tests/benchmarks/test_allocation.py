@@ -119,40 +119,14 @@ def test_tilted_allocations_reach_the_macs_asked_for(allocation, tmp_path) -> No
         allocation.main([*flags[:-1], str(tmp_path / "none"), "--tilt", "0", "--macs-removed", "0.5", "--output", "x"])
 
 
-def test_score_recovered_scores_tilts_and_the_baseline_without_fine_tuning(allocation, tmp_path, capsys) -> None:
-    bsweep = load_benchmark("bsweep")
-    flags = [
-        "--dataset", "embedded", "--model", "vgg11", "--width", "0.125", "--baseline-epochs", "1",
-        "--limit-train-batches", "0.1", "--accelerator", "cpu", "--work", str(tmp_path),
-        "--calibration-batches", "1", "--recovery-steps", "2", "--recovery-batches", "1", "--p-star-draws", "2",
-    ]  # fmt: skip
-    args = bsweep.parse([*flags, "--output", str(tmp_path / "unused.json")])
-    baseline = bsweep.train_baseline(args, bsweep.datamodule(args), tmp_path / "baseline.ckpt")
-    out = tmp_path / "scores.json"
-
-    allocation.main([*flags, "--tilt", "-1", "0", "--macs-removed", "0.5", "--score-recovered", "--output", str(out)])
-    unpruned, leaning, uniform = json.loads(out.read_text())["runs"]
-    assert unpruned["method"] == "baseline" and unpruned["macs"] == baseline["macs"] and unpruned["kept"] == {}
-    for run in (unpruned, leaning, uniform):
-        assert len(run["recovered_draws"]) == 2 and all(0.0 <= a <= 100.0 for a in run["recovered_draws"])
-        assert run["recovered_acc"] == pytest.approx(sum(run["recovered_draws"]) / 2)
-    assert "test_acc" not in uniform  # scored, not fine-tuned
-    assert abs(uniform["macs"] - 0.5 * baseline["macs"]) <= 0.1 * baseline["macs"] and leaning["tilt"] == -1.0
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit):  # no recovery to score after
-        allocation.main([*flags[:-6], "--tilt", "0", "--macs-removed", "0.5", "--score-recovered", "--output", "x"])
-    assert "--score-recovered needs --recovery-steps >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # an RL run's allocation is not scored this way
-        allocation.main([*flags, "--summary", "s.json", "--score-recovered", "--output", "x"])
-    assert "--score-recovered goes with --tilt" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # nor tilted
-        allocation.main([*flags, "--summary", "s.json", "--stream-tilt", "1", "--output", "x"])
+def test_flags_that_do_not_go_together_fail_before_any_work(allocation, capsys) -> None:
+    flags = ["--work", "nowhere", "--output", "x"]
+    with pytest.raises(SystemExit):  # an RL run's allocation is not tilted
+        allocation.main([*flags, "--summary", "s.json", "--stream-tilt", "1"])
     assert "--stream-tilt goes with --tilt" in capsys.readouterr().err
-    taylor = ["--tilt", "0", "--macs-removed", "0.5", "--criterion", "taylor", "--output", "x"]
-    with pytest.raises(SystemExit):  # the recovered score cuts by the L1 norm, as the RL search does
-        allocation.main([*flags, *taylor, "--score-recovered"])
-    assert "--criterion goes with fine-tuning" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nor cut to other MACs
+        allocation.main([*flags, "--summary", "s.json", "--macs-removed", "0.5"])
+    assert "--macs-removed goes with --tilt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        allocation.main([*flags, "--tilt", "0", "--macs-removed", "0.5", "--taylor-batches", "0", "--output", "x"])
+        allocation.main([*flags, "--tilt", "0", "--macs-removed", "0.5", "--taylor-batches", "0"])
     assert "--taylor-batches 0 must be >= 1" in capsys.readouterr().err

@@ -8,21 +8,30 @@ from pathlib import Path
 import pytest
 from helpers import load_benchmark
 
-from lightning_prune import ImageClassifier
+from lightning_prune import ImageClassifier, RLOptions
+
+#: A search of a few scored masks per layer: the sweep's RL runs use the callback's defaults, which take minutes.
+FAST = RLOptions(num_samples=2, agent_updates=1, decision_counts=3, reward_batches=1, calibration_batches=1)
 
 
-@pytest.fixture(scope="module")
-def bsweep():
-    return load_benchmark("bsweep")
+@pytest.fixture
+def bsweep(monkeypatch):
+    module = load_benchmark("bsweep")
+
+    class Fast(module.TimedRLPrune):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs, options=FAST)
+
+    monkeypatch.setattr(module, "TimedRLPrune", Fast)
+    return module
 
 
 def _argv(tmp_path: Path, *methods: str) -> list[str]:
     return [
-        "--dataset", "embedded", "--model", "vgg11", "--width", "0.125", "--b", "50",
-        "--init-keep", "0.5", "--agent-lr", "0.5", "--decision-counts", "3", "--recovery-steps", "2",
-        "--methods", *methods, "--baseline-epochs", "1", "--finetune-epochs", "8", "--limit-train-batches", "0.1",
-        "--agent-updates", "1", "--num-samples", "2", "--reward-batches", "1", "--latency-repeats", "1",
-        "--accelerator", "cpu", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "sweep.json"),
+        "--dataset", "embedded", "--model", "vgg11", "--width", "0.125", "--b", "50", "--batch-size", "64",
+        "--methods", *methods, "--baseline-epochs", "1", "--finetune-epochs", "2", "--limit-train-batches", "0.1",
+        "--latency-repeats", "1", "--accelerator", "cpu", "--work", str(tmp_path / "work"),
+        "--output", str(tmp_path / "sweep.json"),
     ]  # fmt: skip
 
 
@@ -30,8 +39,8 @@ def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
     bsweep.main(_argv(tmp_path, "l1_uniform"))
     results = json.loads((tmp_path / "sweep.json").read_text())
     assert results["dataset"] == "embedded" and set(results["baseline"]) == {"test_acc", "macs", "params"}
-    assert results["protocol"]["recovery_steps"] == 2  # RL decided on recovered copies
     rl, l1 = results["runs"]
+    assert rl["steps"] and {"search_cpu_s", "fit_s", "fit_cpu_s"} <= set(rl) and "fit_cpu_s" in l1
     assert (rl["method"], rl["b"], l1["method"], l1["b"]) == ("rl", 50.0, "l1_uniform", 50.0)
     for run in (rl, l1):
         assert {"test_acc", "macs", "params", "latency_ms", "search_s", "seed"} <= set(run)
@@ -95,19 +104,16 @@ def test_distillation_teaches_every_method_while_it_fine_tunes(bsweep, tmp_path,
 
 
 @pytest.mark.parametrize(
-    ("flags", "key", "value", "bad"),
+    ("flags", "key", "protocol", "value", "bad"),
     [
-        # the unpruned network fine-tunes before the search; the last epoch of --finetune-epochs 8 is 7
-        (
-            ["--start-epoch", "1", "--epochs-per-layer", "0"], "start_epoch", 1,
-            [["--start-epoch", "-1"], ["--start-epoch", "8"]],
-        ),
-        (["--l1-prior", "2"], "l1_prior", 2.0, [["--l1-prior", "-1"]]),
-        (["--min-keep", "4"], "min_keep", 4, [["--min-keep", "0"], ["--min-keep", "1.5"], ["--min-keep", "x"]]),
-        (["--min-keep", "0.25"], "min_keep", 0.25, []),
+        # the unpruned network fine-tunes before the first step; the last epoch of --finetune-epochs 8 is 7
+        (["--start-epoch", "1"], "start_epoch", "start_epoch", 1, [["--start-epoch", "-1"], ["--start-epoch", "8"]]),
+        (["--epochs-per-step", "2"], "finetune_epochs", "epochs_per_step", 2, []),
+        (["--min-keep", "4"], "min_keep", "min_keep", 4, [["--min-keep", "0"], ["--min-keep", "1.5"]]),
+        (["--min-keep", "0.25"], "min_keep", "min_keep", 0.25, [["--min-keep", "x"]]),
     ],
 )  # fmt: skip
-def test_rl_flags_reach_the_callback(bsweep, tmp_path, monkeypatch, flags, key, value, bad) -> None:
+def test_rl_flags_reach_the_callback(bsweep, tmp_path, monkeypatch, flags, key, protocol, value, bad) -> None:
     seen = []
 
     class Spy(bsweep.TimedRLPrune):
@@ -116,12 +122,36 @@ def test_rl_flags_reach_the_callback(bsweep, tmp_path, monkeypatch, flags, key, 
             seen.append(kwargs[key])
 
     monkeypatch.setattr(bsweep, "TimedRLPrune", Spy)
-    bsweep.main([*_argv(tmp_path), *flags])
+    bsweep.main([*_argv(tmp_path), "--finetune-epochs", "3", *flags])  # room for a step after start_epoch=1
     results = json.loads((tmp_path / "sweep.json").read_text())
-    assert seen == [value] and results["protocol"][key] == value and len(results["runs"]) == 1
+    assert seen == [value] and results["protocol"][protocol] == value and len(results["runs"]) == 1
     for argv in bad:
         with pytest.raises(SystemExit):
             bsweep.parse([*argv, "--finetune-epochs", "8"])
+
+
+def test_frontier_reads_the_most_macs_a_uniform_ratio_removes_within_b(bsweep) -> None:
+    def run(method: str, b: float | None, acc: float, macs: int, **extra) -> dict:
+        return {"method": method, "b": b, "seed": 0, "test_acc": acc, "macs": macs, **extra}
+
+    timing = {"search_s": 100.0, "search_cpu_s": 100.0, "fit_s": 400.0, "fit_cpu_s": 400.0}
+    results = {
+        "baseline": {"test_acc": 93.0, "macs": 100},
+        "runs": [
+            run("l1_uniform", None, 92.8, 70, macs_target=0.3, fit_s=300.0),
+            run("l1_uniform", None, 92.0, 50, macs_target=0.5, fit_s=300.0),
+            run("l1_uniform", None, 90.0, 30, macs_target=0.7, fit_s=300.0),
+            run("rl", 1.0, 92.5, 55, **timing),
+        ],
+    }  # fmt: skip
+    line = bsweep.frontier(results)
+    assert [(round(m), round(d, 2)) for m, d, _ in line] == [(30, 0.2), (50, 1.0), (70, 3.0)]
+    assert bsweep.frontier_at(line, 1.0) == pytest.approx(50.0)
+    assert bsweep.frontier_at(line, 2.0) == pytest.approx(60.0)  # halfway from a drop of 1 to 3
+    assert bsweep.frontier_at(line, 0.1) is None and bsweep.frontier_at(line, 5.0) == pytest.approx(70.0)
+    (row,) = bsweep.budget_rows(results)
+    assert row["macs_removed"] == pytest.approx(45.0) and row["frontier_macs_removed"] == pytest.approx(50.0)
+    assert row["search_share"] == pytest.approx(100 / 300) and row["frontier_wall_s"] == 300.0
 
 
 def test_margins_pair_each_rl_run_with_the_methods_run_at_its_b_and_seed(bsweep) -> None:
