@@ -29,9 +29,9 @@ class RLPruneCallback(PruningCallback):
     1. In a step, every channel group is pruned in turn (lowest first, or in `layers` order). Its agent samples
        `num_samples` keep/remove masks over the group's filters, each scored on the first `reward_batches`
        validation batches with the group's following BatchNorm layers re-estimated, and is updated by REINFORCE
-       with the reward `(1 - max(p_ref - p, 0) / allowance) * log(N / kept)` (Huang et al., 2018; "yang": times
-       `N / kept`). The decision keeps the count of most likely filters with the best reward, and the filters
-       are physically removed (with every coupled tensor and the optimizers' state).
+       with the reward `(1 - max(p_ref - p, 0) / allowance) * log(N / kept)` (Huang et al., 2018; "yang": `N / kept`
+       in place of `log(N / kept)`). The decision keeps the count of most likely filters with the best reward,
+       and the filters are physically removed (with every coupled tensor and the optimizers' state).
     2. After `finetune_epochs` epochs the drop is measured: the validation score now against the unpruned
        network's, both on validation batches the search never scored (`check_batches`).
     3. A drop above `b` undoes the step: weights, plan, optimizers and LR schedulers return to their state
@@ -153,6 +153,11 @@ class RLPruneCallback(PruningCallback):
 
     def _setup_groups(self, trainer: pl.Trainer, network: torch.nn.Module, inputs: torch.Tensor, graph: Any) -> None:
         available = scoring.batch_count(scoring.validation_loader(trainer))
+        if available is None and self.check_batches is None:
+            raise MisconfigurationException(
+                "RLPruneCallback: the validation dataset has no length, so the batches after the reward batches that "
+                "each step's drop is measured on cannot be counted. Set options.check_batches (e.g. 20)."
+            )
         if available is not None and available < self.reward_batches + (self.check_batches or 1):
             raise MisconfigurationException(
                 f"RLPruneCallback: each step's drop is measured on validation batches after the "
@@ -258,7 +263,9 @@ class RLPruneCallback(PruningCallback):
         for record in self.history[step["layers"][0] :]:
             removed[record["name"]] += record["before"] - record["after"]
         self.caps = decision.retry_caps(removed)
+        step["removed"] = {name: count for name, count in removed.items() if count}
         del self.history[step["layers"][0] :]
+        step["layers"] = [step["layers"][0]] * 2  # its records are gone with the cuts
         step["outcome"] = "undone"
         self.scale = self.scale / 2
         self.info(f"the step of epoch {step['epoch']} cost {step['drop']:.2f} points, over b={self.b}: undone")
@@ -424,6 +431,7 @@ class RLPruneCallback(PruningCallback):
         self.next_epoch = state.get("next_epoch")
         self.finished = bool(state.get("finished", False))
         self.last_search = state.get("last_search")
+        self._snapshot = None  # a snapshot belongs to the run that took it
 
 
 def _describe(metric: MetricSpec) -> str:

@@ -101,6 +101,7 @@ class DistributionOptions(ScoringOptions):
         taylor_batches: training batches the Taylor criterion accumulates over.
     """
 
+    reward_batches: int = 2
     criterion: Literal["l1", "taylor"] = "l1"
     alpha: float = 0.2
     beta: float = 0.0

@@ -27,8 +27,9 @@ class TrainingSnapshot:
         network = plan.network_of(pl_module)
         optimizers = list(trainer.optimizers)
         self._structure = surgery.CutSnapshot(network, None, optimizers)
-        tensors = {id(t): t for t in [p.data for p in network.parameters()] + list(network.buffers())}
-        self._values = [(t, t.detach().clone()) for t in tensors.values()]
+        # Values of every parameter and buffer of the module (the network's and any others the optimizers train).
+        tensors = [p.data for p in pl_module.parameters()] + list(pl_module.buffers())
+        self._values = [(t, t.detach().clone()) for t in tensors]
         self._optimizers = [
             (
                 opt,

@@ -261,12 +261,20 @@ def layer_rows(summary: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
+def layer_widths(summary: dict[str, Any]) -> dict[str, list[int]]:
+    """Each pruned layer's filters before its first cut and after its last (a layer may be cut in several steps)."""
+    widths: dict[str, list[int]] = {}
+    for layer in summary["layers"]:
+        widths.setdefault(layer["name"], [layer["before"], layer["after"]])[1] = layer["after"]
+    return widths
+
+
 def channels_chart(summary: dict[str, Any]) -> np.ndarray:
     """Bar chart of the filters per layer before and after pruning, as an RGB image (H x W x 3, uint8)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    layers = summary["layers"]
+    layers = [{"name": name, "before": b, "after": a} for name, (b, a) in layer_widths(summary).items()]
     x = np.arange(len(layers))
     figure = Figure(figsize=(max(4.0, 0.6 * len(layers) + 2.0), 3.5), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(figure)
@@ -336,7 +344,7 @@ def log_checkpoint_artifact(logger: WandbLogger, path: Path, from_callback: bool
         "b": summary["b"],
         "baseline": summary["baseline"],
         "final": summary["final"],
-        "layers": {layer["name"]: [layer["before"], layer["after"]] for layer in summary["layers"]},
+        "layers": layer_widths(summary),
     }
     name = getattr(logger, "_checkpoint_name", None) or f"model-{run.id}"
     artifact = wandb.Artifact(name=name, type="model", metadata=metadata)

@@ -272,7 +272,8 @@ def test_a_step_whose_measured_drop_exceeds_b_is_undone(undone_run, trained_vgg)
     assert [(r["step"], r["group"], r["before"], r["after"]) for r in after.history] == [(0, 0, 16, 8), (0, 1, 32, 16)]
     # its drop, measured after an epoch of fine-tuning, is over b: undone
     (step,) = callback.steps
-    assert (step["epoch"], step["allowance"], step["from_drop"], step["layers"]) == (1, 0.1, 0.0, [0, 2])
+    assert (step["epoch"], step["allowance"], step["from_drop"], step["layers"]) == (1, 0.1, 0.0, [0, 0])
+    assert step["removed"] == {"features.4": 8, "features.8": 16}  # its records went with its cuts
     assert step["outcome"] == "undone" and step["drop"] > callback.b and step["increment"] == step["drop"]
     assert callback.history == [] and callback.scale == 0.5
     assert callback.finished  # no epochs left for another step
