@@ -455,10 +455,15 @@ def report(path: Path) -> str:
         rows = sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["macs"])
         style = "o" if method == "rl" else "o-"  # RL: one point per run, the seeds of a b scatter
         ax.plot([r["macs"] / 1e6 for r in rows], [r["test_acc"] for r in rows], style, label=method)
-        for r in rows if method == "rl" else []:
-            ax.annotate(
-                f"b={r['b']:g}", (r["macs"] / 1e6, r["test_acc"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
-            )
+        if method == "rl":
+            for r in rows:
+                ax.annotate(
+                    f"b={r['b']:g}",
+                    (r["macs"] / 1e6, r["test_acc"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
 
     for r in sorted(results["runs"], key=_run_order):
         b = "-" if r["b"] is None else r["b"]
