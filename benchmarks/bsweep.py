@@ -1,18 +1,18 @@
 """b-sweep: RLPruneCallback at several accuracy budgets b against rule-based pruning.
 
-One baseline is trained (or loaded) once and kept in `--work` (`baseline.ckpt`; the same command and seed rebuild
-it); every method then starts from that checkpoint and gets the same fine-tuning budget (`--finetune-epochs`
-epochs on `--limit-train-batches` of the training set). RL runs are `RLPruneCallback(b)` with its defaults, its
-steps `--epochs-per-step` apart inside that budget. Rule-based methods (L1-norm ranking with a uniform per-layer
-ratio, random filters, torch-pruning's global magnitude ranking) prune once, to the MACs the RL run at the same b
-reached, and fine-tune for the whole budget; the RL-Pruner mode (`DistributionPruneCallback`) gets that MACs
-reduction as its target, reached in `--distribution-steps` steps. `--macs-targets` runs the methods at given MACs
-reductions without an RL run (recorded with `b` null): with `--methods l1_uniform` that is the L1-uniform frontier
-the report reads RL against (the MACs a uniform ratio removes at a drop <= b, interpolated). With
-`--distill-weight`, the baseline teaches every method's network while it fine-tunes.
-The reward uses the validation split held out from the training data; the reported accuracy is the final
-epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`); every run
-records its seed, search time and fit wall time.
+One baseline is trained (or loaded) once and kept in `--work` (`baseline.ckpt`; the same command and seed rebuild it);
+every method then starts from that checkpoint and gets the same fine-tuning budget (`--finetune-epochs` epochs on
+`--limit-train-batches` of the training set). RL runs are `RLPruneCallback(b)` with its defaults, its search and
+probes at `--start-epoch` inside that budget (CPU times: `search_cpu_s`, `probe_cpu_s`, and `fit_cpu_s` for the whole
+run). Rule-based methods (L1-norm ranking with a uniform per-layer ratio, random filters, torch-pruning's global
+magnitude ranking) prune once, to the MACs the RL run at the same b reached, and fine-tune for the whole budget; the
+RL-Pruner mode (`DistributionPruneCallback`) gets that MACs reduction as its target, reached in `--distribution-steps`
+steps. `--macs-targets` runs the methods at given MACs reductions without an RL run (recorded with `b` null): with
+`--methods l1_uniform` that is the L1-uniform frontier the report reads RL against (the MACs a uniform ratio removes
+at a drop <= b, interpolated). With `--distill-weight`, the baseline teaches every method's network while it fine-
+tunes. The reward uses the validation split held out from the training data; the reported accuracy is the final
+epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`); every run records
+its seed, search time and fit wall time.
 
 Each finished run is written to the results JSON as it completes and skipped on a rerun, so a sweep can span
 several sittings; `--merge` joins the results files of sweeps of one baseline side by side (one per seed, say).
@@ -154,7 +154,15 @@ class SearchTimer:
 
 
 class TimedRLPrune(SearchTimer, RLPruneCallback):
-    pass
+    """Also adds up the process CPU time of the level controller's probes (part of `search_cpu_s`)."""
+
+    probe_cpu_s = 0.0
+
+    def _probe(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        cpu = time.process_time()
+        probe = super()._probe(*args, **kwargs)
+        self.probe_cpu_s += time.process_time() - cpu
+        return probe
 
 
 class TimedDistributionPrune(SearchTimer, DistributionPruneCallback):
@@ -165,11 +173,11 @@ def run_rl(args: argparse.Namespace, dm: pl.LightningDataModule, base: Path, b: 
     """`RLPruneCallback(b)` with its defaults, from the baseline, inside the sweep's fine-tuning budget."""
     pl.seed_everything(args.seed)
     module = ImageClassifier.load_from_checkpoint(base, map_location="cpu", **finetune_overrides(args))
-    callback = TimedRLPrune(
-        b=b, start_epoch=args.start_epoch, finetune_epochs=args.epochs_per_step, min_keep=args.min_keep, seed=args.seed
-    )
+    callback = TimedRLPrune(b=b, start_epoch=args.start_epoch, min_keep=args.min_keep, seed=args.seed)
     run = finetune(args, dm, base, module, "rl", b, [callback])
-    return {**run, "search_s": callback.search_s, "search_cpu_s": callback.search_cpu_s, "steps": callback.steps}
+    summary = {"probes": callback.probes, "level": callback.level, "dense_check": _mean(callback.dense)}
+    times = {"search_cpu_s": callback.search_cpu_s - callback.probe_cpu_s, "probe_cpu_s": callback.probe_cpu_s}
+    return {**run, "search_s": callback.search_s, **times, **summary}
 
 
 def prune_rule_based(module: ImageClassifier, method: str, ratio: float, seed: int) -> None:
@@ -335,13 +343,13 @@ def margins(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def frontier(results: dict[str, Any], method: str = "l1_uniform") -> list[tuple[float, float, float]]:
-    """`method`'s runs at fixed MACs targets (`--macs-targets`) as (MACs removed %, test drop, fit wall s), the
+    """`method`'s runs at fixed MACs targets (`--macs-targets`) as (MACs removed %, test drop, fit CPU s), the
     mean over seeds per target, by MACs removed."""
     base, points = results["baseline"], {}
     for r in results["runs"]:
         if r["method"] == method and r.get("macs_target") is not None:
             macs = 100 * (1 - r["macs"] / base["macs"])
-            points.setdefault(r["macs_target"], []).append((macs, base["test_acc"] - r["test_acc"], r.get("fit_s")))
+            points.setdefault(r["macs_target"], []).append((macs, base["test_acc"] - r["test_acc"], r.get("fit_cpu_s")))
     rows = []
     for runs in points.values():
         walls = [w for _, _, w in runs if w is not None]
@@ -363,31 +371,32 @@ def frontier_at(points: list[tuple[float, ...]], b: float) -> float | None:
 
 
 def budget_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per b with RL runs: RL's MACs removed, test drop, search and total wall time (means over seeds), beside the
-    L1-uniform frontier's MACs removed at drop <= b and its runs' mean wall time."""
+    """Per b with RL runs: RL's MACs removed, test drop (mean and worst), predicted drop and whole-run CPU time
+    split into search, probes and the rest (means over seeds), beside the L1-uniform frontier's MACs removed at
+    drop <= b and the CPU time of its run nearest that size."""
     base, line = results["baseline"], frontier(results)
     rows = []
     for b in sorted({r["b"] for r in results["runs"] if r["method"] == "rl"}):
         rl = [r for r in results["runs"] if r["method"] == "rl" and r["b"] == b]
+        drops = [base["test_acc"] - r["test_acc"] for r in rl]
+        reach = frontier_at(line, b) if line else None
+        nearest = min(line, key=lambda p: abs(p[0] - reach))[2] if reach is not None else None
         rows.append(
             {
                 "b": b,
                 "seeds": sorted(r["seed"] for r in rl),
                 "macs_removed": _mean([100 * (1 - r["macs"] / base["macs"]) for r in rl]),
-                "drop": _mean([base["test_acc"] - r["test_acc"] for r in rl]),
-                "search_s": _mean([r["search_s"] for r in rl]),
-                "wall_s": _mean([r["fit_s"] for r in rl]) if all("fit_s" in r for r in rl) else None,
-                "search_share": _mean([_search_share(r) for r in rl]) if all("fit_cpu_s" in r for r in rl) else None,
-                "frontier_macs_removed": frontier_at(line, b) if line else None,
-                "frontier_wall_s": _mean([w for _, _, w in line]) if line else None,
+                "drop": _mean(drops),
+                "worst_drop": max(drops),
+                "predicted": _mean([r["level"]["predicted"] for r in rl]) if all("level" in r for r in rl) else None,
+                "search_cpu_s": _mean([r["search_cpu_s"] for r in rl]),
+                "probe_cpu_s": _mean([r.get("probe_cpu_s", 0.0) for r in rl]),
+                "fit_cpu_s": _mean([r["fit_cpu_s"] for r in rl]),
+                "frontier_macs_removed": reach,
+                "frontier_cpu_s": nearest,
             }
         )
     return rows
-
-
-def _search_share(run: dict[str, Any]) -> float:
-    """A run's search CPU time over its fine-tuning CPU time (the fit's, less the search's)."""
-    return run["search_cpu_s"] / (run["fit_cpu_s"] - run["search_cpu_s"])
 
 
 def _mean(values: list[float]) -> float:
@@ -498,27 +507,32 @@ def report(path: Path) -> str:
                 + " | ".join(cells)
                 + " |"
             )
-    line = frontier(results)
-    if line:
-        lines += [
-            "",
-            "Per b: RL (means over seeds) beside the L1-uniform frontier (uniform ratios at fixed MACs targets, the "
-            "same fine-tuning), its MACs removed at a drop <= b interpolated; wall times are search + fine-tuning.",
-            "",
-            "| b | seeds | RL MACs removed (%) | RL drop | RL search (s) | RL wall (s) | search / fine-tuning (CPU) | "
-            "L1-uniform MACs removed at drop <= b (%) | L1-uniform wall (s) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in budget_rows(results):
-            wall = "" if row["wall_s"] is None else f"{row['wall_s']:.0f}"
-            reach = "" if row["frontier_macs_removed"] is None else f"{row['frontier_macs_removed']:.1f}"
-            share = "" if row["search_share"] is None else f"{row['search_share']:.2f}"
-            lines.append(
-                f"| {row['b']} | {', '.join(map(str, row['seeds']))} | {row['macs_removed']:.1f} | {row['drop']:.2f} | "
-                f"{row['search_s']:.0f} | {wall} | {share} | {reach} | {row['frontier_wall_s']:.0f} |"
-            )
+    if frontier(results):
+        lines += ["", *frontier_table(results)]
     lines += ["", f"![accuracy vs MACs]({png.name})"]
     return "\n".join(lines)
+
+
+def frontier_table(results: dict[str, Any]) -> list[str]:
+    """Markdown: per b, RL (means over seeds) beside the L1-uniform frontier (uniform ratios at fixed MACs
+    targets, the same fine-tuning): its MACs removed at drop <= b, interpolated, and the CPU time of its run
+    nearest that size; CPU times are whole runs (RL: search + probes + fine-tuning)."""
+    lines = [
+        "| b | seeds | RL MACs removed (%) | L1-uniform at drop <= b (%) | RL test drop (worst) | RL predicted drop | "
+        "RL CPU s: search / probes / whole run | L1-uniform run CPU s | RL / L1-uniform CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in budget_rows(results):
+        reach = "" if row["frontier_macs_removed"] is None else f"{row['frontier_macs_removed']:.1f}"
+        predicted = "" if row["predicted"] is None else f"{row['predicted']:.2f}"
+        l1_cpu = row["frontier_cpu_s"]
+        ratio = "" if not l1_cpu else f"{row['fit_cpu_s'] / l1_cpu:.2f}"
+        lines.append(
+            f"| {row['b']} | {', '.join(map(str, row['seeds']))} | {row['macs_removed']:.1f} | {reach} | "
+            f"{row['drop']:.2f} ({row['worst_drop']:.2f}) | {predicted} | {row['search_cpu_s']:.0f} / "
+            f"{row['probe_cpu_s']:.0f} / {row['fit_cpu_s']:.0f} | {'' if not l1_cpu else f'{l1_cpu:.0f}'} | {ratio} |"
+        )
+    return lines
 
 
 def count_or_fraction(text: str) -> int | float:
@@ -549,16 +563,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=int, default=20)
     p.add_argument("--finetune-epochs", type=int, default=16)
     p.add_argument(
-        "--epochs-per-step",
-        type=int,
-        default=1,
-        help="RLPruneCallback's finetune_epochs: training epochs after each pruning step, before its drop is measured",
-    )
-    p.add_argument(
         "--start-epoch",
         type=int,
         default=0,
-        help="RLPruneCallback's first pruning epoch: the unpruned network fine-tunes this long before the first step",
+        help="RLPruneCallback's pruning epoch: the unpruned network fine-tunes this long before it is pruned",
     )
     p.add_argument(
         "--min-keep",

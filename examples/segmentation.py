@@ -5,9 +5,9 @@
 
 `SegmentationModule` is what a user writes for their own task: its own network, loss, steps and torchmetrics
 mIoU, and no lightning-prune base class. The script trains it for `--dense-epochs`, then fits it again with
-`RLPruneCallback` in the Trainer for `--prune-epochs`: it prunes every 3x3 convolution's filters in steps
-(candidates scored by mIoU on validation scenes, `b` in mIoU points), each followed by `--finetune-epochs` of
-training and a measured mIoU drop on validation scenes the search never scored. The pruned
+`RLPruneCallback` in the Trainer for `--prune-epochs`: agents learn every 3x3 convolution's filter order
+(candidates scored by mIoU on validation scenes, `b` in mIoU points), probes measure what levels cost in mIoU on
+validation scenes the search never scored, and the network is cut to the largest level predicted within `b`. The pruned
 checkpoint reloads with `lightning_prune.load_module(SegmentationModule, path)`; with the one-line mixin
 (`class SegmentationModule(Prunable, L.LightningModule)`) `SegmentationModule.load_from_checkpoint` does too.
 
@@ -259,12 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dense-epochs", type=int, default=10, help="training epochs before pruning")
     parser.add_argument("--b", type=float, default=3.0, help="mIoU the pruned network may lose, in points")
-    parser.add_argument(
-        "--finetune-epochs", type=int, default=1, help="epochs after each pruning step, before its drop is measured"
-    )
-    parser.add_argument(
-        "--prune-epochs", type=int, default=4, help="epochs of the pruning run (>= --finetune-epochs + 1)"
-    )
+    parser.add_argument("--prune-epochs", type=int, default=4, help="epochs of the pruning run (>= 2)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="save the pruned module here and reload it")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -303,20 +298,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metric=MulticlassJaccardIndex(num_classes=NUM_CLASSES),
         monitor="val_miou",
         start_epoch=0,
-        finetune_epochs=args.finetune_epochs,
         seed=args.seed,
-        # A short search: agents that start from the filters' L1-norm ranking, few updates, each layer keeping the
-        # fewest filters within its share of the step's allowance (shares in proportion to the layers' MACs).
-        options=RLOptions(
-            decision="budget",
-            budget_schedule="macs",
-            l1_prior=1.0,
-            num_samples=4,
-            agent_updates=2,
-            decision_counts=4,
-            reward_batches=4,
-            calibration_batches=2,
-        ),
+        # A short search: agents that start from the filters' L1-norm ranking, few updates.
+        options=RLOptions(l1_prior=1.0, num_samples=4, agent_updates=2, reward_batches=4, calibration_batches=2),
     )
     # Every 3x3 convolution is a group of filters to prune; the 1x1 classifier keeps its 11 classes.
     trainer = make_trainer(args.prune_epochs, callbacks=[pruner])
@@ -333,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             assert torch.equal(reloaded(model.example_input_array), model(model.example_input_array))
 
     summary = {
+        "probes": pruner.probes,
+        "level": pruner.level,
         "data": "embedded Fashion-MNIST subset" if embedded else f"Fashion-MNIST IDX files in {args.data_dir}",
         "scenes": {"train": args.train_scenes, "val": args.val_scenes, "test": args.test_scenes, "size": 64},
         "width": args.width,

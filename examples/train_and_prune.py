@@ -24,7 +24,7 @@ def main() -> None:
     model = ImageClassifier(
         "vgg11", num_classes=10, in_channels=1, model_kwargs={"width": 0.25}, lr=0.01, weights=str(weights)
     )
-    # Prune in steps, each followed by an epoch of fine-tuning and a measured drop, while the drop is clearly below b.
+    # Learn the filter order, probe what levels cost, cut to the largest level predicted within b, fine-tune.
     pruner = RLPruneCallback(b=1.0, monitor="val_acc")
     trainer = pl.Trainer(
         accelerator="cpu",

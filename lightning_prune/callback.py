@@ -1,4 +1,4 @@
-"""`RLPruneCallback`: learned filter pruning that spends an accuracy budget on measured drops."""
+"""`RLPruneCallback`: filters removed in the order agents learn, to the level the accuracy budget affords."""
 
 from __future__ import annotations
 
@@ -11,64 +11,63 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lightning_prune import decision, plan, scoring, surgery, tracking
-from lightning_prune.measure import macs_at_stake
+from lightning_prune import level, plan, scoring, surgery, tracking
+from lightning_prune.cycle import train_cycle
 from lightning_prune.metric import MetricSpec
 from lightning_prune.options import RLOptions
 from lightning_prune.orchestration import PruningCallback, _is_int
 from lightning_prune.policy import LayerSearch, min_keep_count
-from lightning_prune.reward import REWARDS, budget_at
+from lightning_prune.reward import REWARDS, reward_values
 from lightning_prune.snapshot import TrainingSnapshot
 
 
 class RLPruneCallback(PruningCallback):
-    """Remove convolution filters with a learned agent per layer until the network has lost `b` points.
+    """Remove convolution filters, in the order agents learn, down to the smallest network that loses `b` points.
 
-    Pruning proceeds in steps, from `start_epoch`, each followed by `finetune_epochs` epochs of training:
+    At `start_epoch`, before training:
 
-    1. In a step, every channel group is pruned in turn (lowest first, or in `layers` order). Its agent samples
-       `num_samples` keep/remove masks over the group's filters, each scored on the first `reward_batches`
-       validation batches with the group's following BatchNorm layers re-estimated, and is updated by REINFORCE
-       with the reward `(1 - max(p_ref - p, 0) / allowance) * log(N / kept)` (Huang et al., 2018; "yang": `N / kept`
-       in place of `log(N / kept)`). The decision keeps the count of most likely filters with the best reward,
-       and the filters are physically removed (with every coupled tensor and the optimizers' state).
-    2. After `finetune_epochs` epochs the drop is measured: the validation score now against the unpruned
-       network's, both on validation batches the search never scored (`check_batches`).
-    3. A drop above `b` undoes the step: weights, plan, optimizers and LR schedulers return to their state
-       before it, and the next step may remove at most half as many filters from each group (and gets half the
-       allowance). A drop clearly below `b` starts another step, allowed what is left of `b` times how much the
-       last step's forecast overstated its measured cost. Pruning ends when the drop is within a tenth of `b`, a
-       step removes nothing, or the run has no room for another step and its fine-tuning; the remaining epochs
-       fine-tune.
+    1. **Where.** An agent per channel group (lowest group first, or in `layers` order) samples
+       `options.num_samples` keep/remove masks over the group's filters, each scored on the first
+       `options.reward_batches` validation batches with the following BatchNorm layers re-estimated, and is
+       updated by REINFORCE with the reward `(1 - max(p* - p, 0) / b) * log(N / kept)` (Huang et al., 2018;
+       "yang": `N / kept`). Its keep probabilities order the group's filters, least likely first: the network at
+       any level is a prefix of these orders, every group losing the same fraction of its filters.
+    2. **How much.** `options.probes` probes each cut the network to a level, train it for two cycles of
+       `options.probe_batches` training steps whose learning rate decays to 0, and read the drop after each,
+       paired with the unpruned network on the same held-out validation images (those after the reward batches:
+       `options.check_batches`). The two readings predict the drop after the run's remaining training; a curve
+       through the probes chooses the largest level whose predicted drop, plus half a standard error, is within
+       `b` (`lightning_prune.level`). Each probe's training is undone before the next.
+    3. The network is cut to that level, and the rest of the run fine-tunes it. The summary shows every probe,
+       the chosen level with its predicted drop, and the drop realised at the end on the same images.
 
     Any LightningModule is pruned: the convolutions of its `forward` (traced with `example_input_array`, else
     the first training batch's inputs), scored with `metric` on batches that `options.unpack_batch` splits into
-    `(inputs, target)`. `b` is in points of that metric: a metric valued in [0, 1] counts x100. The module's
-    checkpoints carry the pruned structure (`lightning_prune.plan`). Under DDP every rank scores a share of the
-    masks and applies rank 0's decision. The search leaves the global random streams as it found them, and the
-    callback's checkpoint state holds them, so a resumed run continues as an uninterrupted one; it must keep `b`
-    and `layers`. The state before a step is held in memory only: a run resumed between a step and its
-    measurement cannot undo that step. Bad arguments fail when the callback is constructed; a schedule, layer,
-    batch, metric or `forward` that does not fit the run fails at `setup`, before any training.
+    `(inputs, target)`, trained in probes by its own `training_step` (automatic optimization). `b` is in points
+    of that metric: a metric valued in [0, 1] counts x100. The module's checkpoints carry the pruned structure
+    (`lightning_prune.plan`). Under DDP every rank scores a share of the masks and batches and applies rank 0's
+    decisions. The search and probes leave the global random streams as they found them and happen inside one
+    hook, so a resumed run continues as an uninterrupted one; it must keep `b` and `layers`. Bad arguments fail
+    when the callback is constructed; a schedule, layer, batch, metric or `forward` that does not fit the run
+    fails at `setup`, before any training.
 
     Args:
         b: the drop of the network's score the user accepts, in points of `metric` (> 0, finite).
         layers: layer names or fnmatch patterns selecting the groups to prune, in this order (None: every
             prunable convolution group, lowest first).
-        start_epoch: epoch at which the first step is taken (0 prunes the model as given: pass a trained one).
-        finetune_epochs: training epochs after each step, before its drop is measured (>= 1).
+        start_epoch: epoch at which the network is pruned (0 prunes the model as given: pass a trained one).
         min_keep: filters every group keeps: a count (int >= 1) or a fraction of the group (float in (0, 1)).
         metric: what is scored: None (top-1 agreement of the argmax over dim 1 with integer targets: accuracy,
             or pixel accuracy for (B, C, H, W) outputs), a torchmetrics `Metric` (e.g. `MulticlassJaccardIndex`
             for mIoU) or a callable `(preds, target) -> float`; higher is better.
         monitor: a logged metric reported as the summary's baseline and final value (None: the callback's own
-            `metric` on the validation batches it measures drops on). Read for reporting only.
-        seed: seeds agents and sampling; the same seed gives the same decisions.
+            `metric` on the held-out validation batches). Read for reporting only.
+        seed: seeds agents, sampling and the probes' batches; the same seed gives the same decisions.
         options: the search's other settings (`lightning_prune.options.RLOptions`; None: its defaults).
 
     Example::
 
-        trainer = L.Trainer(max_epochs=15, callbacks=[RLPruneCallback(b=1.0, finetune_epochs=2)])
+        trainer = L.Trainer(max_epochs=15, callbacks=[RLPruneCallback(b=1.0)])
         trainer.fit(my_trained_module, datamodule=dm)
     """
 
@@ -79,7 +78,6 @@ class RLPruneCallback(PruningCallback):
         b: float = 1.0,
         layers: list[str] | None = None,
         start_epoch: int = 0,
-        finetune_epochs: int = 1,
         min_keep: int | float = 0.1,
         metric: MetricSpec = None,
         monitor: str | None = None,
@@ -92,17 +90,12 @@ class RLPruneCallback(PruningCallback):
                 f"RLPruneCallback: options={options!r} must be a lightning_prune.options.RLOptions"
             )
         o = options
-        counts = {"num_samples": o.num_samples, "agent_updates": o.agent_updates, "decision_counts": o.decision_counts}
+        counts = {"num_samples": o.num_samples, "agent_updates": o.agent_updates, "probes": o.probes}
         checks = [
             *((_is_int(v) and v >= 1, f"options.{k}={v!r} must be >= 1 (an int)") for k, v in counts.items()),
             (
-                isinstance(b, (int, float)) and math.isfinite(b) and b > 0,
-                f"b={b!r} must be > 0 and finite: it is the drop (points of the metric) the network may lose",
-            ),
-            (
-                _is_int(finetune_epochs) and finetune_epochs >= 1,
-                f"finetune_epochs={finetune_epochs!r} must be >= 1 (an int): each step's drop is measured after "
-                "that much training",
+                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0,
+                f"b={b!r} must be a number > 0 and finite: it is the drop (points of the metric) the network may lose",
             ),
             (o.reward in REWARDS, f"options.reward={o.reward!r} is unknown: use one of {sorted(REWARDS)}"),
             (0 < o.init_keep < 1, f"options.init_keep={o.init_keep} must be in (0, 1)"),
@@ -110,37 +103,29 @@ class RLPruneCallback(PruningCallback):
             (o.agent_lr > 0, f"options.agent_lr={o.agent_lr} must be > 0"),
             (o.entropy_coef >= 0, f"options.entropy_coef={o.entropy_coef} must be >= 0"),
             (
-                o.decision in ("reward", "greedy", "budget"),
-                f"options.decision={o.decision!r} is unknown: use 'reward', 'greedy' or 'budget'",
+                o.probe_batches is None or (_is_int(o.probe_batches) and o.probe_batches >= 1),
+                f"options.probe_batches={o.probe_batches!r} must be >= 1 (an int; None: one epoch's batches)",
             ),
-            (
-                o.budget_schedule in ("linear", "macs", "shared"),
-                f"options.budget_schedule={o.budget_schedule!r} is unknown: use 'linear', 'macs' or 'shared'",
-            ),
-            (o.decision_counts >= 2, f"options.decision_counts={o.decision_counts} must be >= 2 (kept counts to try)"),
             (
                 o.check_batches is None or (_is_int(o.check_batches) and o.check_batches >= 1),
                 f"options.check_batches={o.check_batches!r} must be >= 1 (an int; None: the rest of the split)",
             ),
             (o.max_cache_mb >= 0, f"options.max_cache_mb={o.max_cache_mb} must be >= 0"),
         ]
-        super().__init__(layers, start_epoch, finetune_epochs, min_keep, metric, monitor, seed, options, checks)
+        super().__init__(layers, start_epoch, 0, min_keep, metric, monitor, seed, options, checks)
         self.b = float(b)
-        self.stakes: list[int] | None = None  # MACs at stake per group, for budget_schedule="macs"
+        self._reset()
+
+    def _reset(self) -> None:
         self.widths: dict[str, int] = {}  # each group's unpruned width: `min_keep` is a share of it
-        self.steps: list[dict[str, Any]] = []
-        self.dense: float | None = None  # the unpruned network's score on the check batches
-        self.p_star: float | None = None  # the current step's reference on the reward batches
-        self.scale = 1.0
-        self.caps: dict[str, int] | None = None  # after an undone step: filters each group may lose in the retry
-        self.next_epoch: int | None = None
-        self.finished = False
-        self.last_search: dict[str, Any] | None = None
-        self._snapshot: TrainingSnapshot | None = None
+        self.orders: dict[str, list[int]] = {}  # each group's filters, the first to go first
+        self.dense: list[float] | None = None  # the unpruned network's score per held-out batch
+        self.probes: list[dict[str, Any]] = []
+        self.level: dict[str, Any] | None = None  # the chosen level, once the network is cut to it
 
     @property
     def hparams(self) -> dict[str, Any]:
-        keys = ("b", "layers", "start_epoch", "finetune_epochs", "min_keep", "monitor", "seed")
+        keys = ("b", "layers", "start_epoch", "min_keep", "monitor", "seed")
         options = {
             f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options) if f.name != "unpack_batch"
         }
@@ -152,26 +137,18 @@ class RLPruneCallback(PruningCallback):
         return self.b
 
     def _setup_groups(self, trainer: pl.Trainer, network: torch.nn.Module, inputs: torch.Tensor, graph: Any) -> None:
-        available = scoring.batch_count(scoring.validation_loader(trainer))
-        if available is None and self.check_batches is None:
+        self._check_split(trainer)
+        if not trainer.lightning_module.automatic_optimization:
             raise MisconfigurationException(
-                "RLPruneCallback: the validation dataset has no length, so the batches after the reward batches that "
-                "each step's drop is measured on cannot be counted. Set options.check_batches (e.g. 20)."
-            )
-        if available is not None and available < self.reward_batches + (self.check_batches or 1):
-            raise MisconfigurationException(
-                f"RLPruneCallback: each step's drop is measured on validation batches after the "
-                f"{self.reward_batches} the search scores (options.reward_batches), so the validation split needs "
-                f"at least {self.reward_batches + (self.check_batches or 1)} batches, but it has {available}. Hold "
-                "out more training data for validation, or lower options.reward_batches / options.check_batches."
+                f"RLPruneCallback: {type(trainer.lightning_module).__name__} uses manual optimization, but the "
+                "probes train the cut network with the module's training_step and the run's optimizer "
+                "(automatic optimization). Prune it with automatic optimization, or use DistributionPruneCallback."
             )
         if self.groups:  # a resumed run keeps the groups it started with
             return
         chosen = self._choose_groups(network, inputs, graph)
         self.groups = [g.name for g in chosen]
         self.widths = {g.name: g.size for g in chosen}
-        if self.budget_schedule == "macs":
-            self.stakes = macs_at_stake(network, inputs, self.groups)
         if isinstance(self.min_keep, int):
             small = {g.name: g.size for g in chosen if g.size <= self.min_keep}
             if small:
@@ -180,100 +157,208 @@ class RLPruneCallback(PruningCallback):
                     "(layer: filters); lower min_keep or pass it as a fraction such as 0.1"
                 )
 
+    def _check_split(self, trainer: pl.Trainer) -> None:
+        available = scoring.batch_count(scoring.validation_loader(trainer))
+        if available is None and self.check_batches is None:
+            raise MisconfigurationException(
+                "RLPruneCallback: the validation dataset has no length, so the batches after the reward batches that "
+                "the probes are measured on cannot be counted. Set options.check_batches (e.g. 20)."
+            )
+        if available is not None and available < self.reward_batches + (self.check_batches or 1):
+            raise MisconfigurationException(
+                f"RLPruneCallback: the probes are measured on validation batches after the {self.reward_batches} "
+                f"the search scores (options.reward_batches), so the validation split needs at least "
+                f"{self.reward_batches + (self.check_batches or 1)} batches, but it has {available}. Hold out more "
+                "training data for validation, or lower options.reward_batches / options.check_batches."
+            )
+        if self.probe_batches is None and scoring.batch_count(scoring.train_loader(trainer)) is None:
+            raise MisconfigurationException(
+                "RLPruneCallback: the training data has no length, so a probe's cycle cannot be one epoch long. "
+                "Set options.probe_batches (e.g. 100)."
+            )
+
     def _schedule_epochs(self) -> int:
-        return self.start_epoch + self.finetune_epochs + 1
+        return self.start_epoch + 1
 
     def _schedule_text(self) -> str:
-        return (
-            f"a step at start_epoch={self.start_epoch}, finetune_epochs={self.finetune_epochs} of training and an "
-            "epoch after its measurement"
-        )
+        return f"pruning at start_epoch={self.start_epoch} and an epoch of fine-tuning after it"
 
-    # -- schedule: steps, each measured after fine-tuning ------------------------------------------------------
+    # -- the one pruning point: learn the orders, probe, cut ---------------------------------------------------
 
     def _due(self, trainer: pl.Trainer) -> bool:
-        due = self.start_epoch if self.next_epoch is None else self.next_epoch
-        return not self.finished and trainer.current_epoch >= due
+        return self.level is None and trainer.current_epoch >= self.start_epoch
 
     def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        score = self._check_score(trainer, pl_module)
-        if self.dense is None:
-            self.dense = score
-        else:
-            self._measure(trainer, pl_module, score)
-        drop = self._drop()
-        room = (
-            trainer.max_epochs is None
-            or trainer.max_epochs < 0
-            or epoch + self.finetune_epochs < trainer.max_epochs
-            or (bool(trainer.fast_dev_run) and not self.steps)  # one epoch: the first step, never measured
-        )
-        reason = decision.stop_reason(self.b, drop, room)
-        if reason is not None:
-            self.finished = True
-            self._snapshot = None
-            if self.steps:
-                self.info(f"pruning ends at epoch {epoch}: {reason}; measured drop {drop:.2f} of b={self.b}")
-            return
-        allowance = self.scale * (self.b - drop)
-        self._snapshot = TrainingSnapshot(trainer, pl_module)
-        first = len(self.history)
-        cost = self.cost(pl_module)
-        self.p_star = None  # the step's reference, read by its first search
-        for i, name in enumerate(self.groups):
-            size = plan.network_of(pl_module).get_submodule(name).weight.shape[0]
-            floor = min_keep_count(self.min_keep, self.widths[name])
-            if self.caps is not None:  # retrying an undone step: smaller cuts
-                floor = max(floor, size - self.caps.get(name, 0))
-            if size > floor:
-                self._prune_group(trainer, pl_module, name, i, allowance, floor)
-        removed = cost["macs"] - self.cost(pl_module)["macs"]
-        self.steps.append(
-            {"epoch": epoch, "allowance": allowance, "from_drop": drop, "layers": [first, len(self.history)]}
-        )
-        if removed <= 0 and all(r["after"] == r["before"] for r in self.history[first:]):
-            self.steps[-1]["outcome"] = "removed nothing"
-            self.finished = True
-            self._snapshot = None
-            return
-        self.next_epoch = epoch + self.finetune_epochs
-
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, score: float) -> None:
-        """The last step's measured drop: kept, or undone when it is above `b`."""
-        step = self.steps[-1]
-        step["drop"] = self.dense - score
-        step["increment"] = step["drop"] - step["from_drop"]
-        if step["drop"] <= self.b:
-            step["outcome"] = "kept"
-            self.scale = decision.forecast_scale(step["allowance"], step["increment"])
-            self.caps = None
-            self._snapshot = None
-            return
-        if self._snapshot is None:
-            step["outcome"] = "kept (could not be undone)"
+        remaining = self._remaining_batches(trainer)
+        checks = self._check_batches(trainer, pl_module)
+        self.dense = self._batch_scores(trainer, pl_module, checks)
+        base_score = sum(self.dense) / len(self.dense)
+        self.baseline = {**self.cost(pl_module), "val_acc": self.baseline_score(trainer, base_score)}
+        if remaining < 1:
             rank_zero_warn(
-                f"RLPruneCallback: the step of epoch {step['epoch']} costs {step['drop']:.2f} points, over b={self.b}, "
-                "but the run was resumed after it, so it cannot be undone."
+                f"RLPruneCallback: no training is left after epoch {trainer.current_epoch} to fine-tune a pruned "
+                "network, so nothing is pruned. Raise max_epochs / max_steps, or lower start_epoch."
             )
+            self.level = {"ratio": 0.0, "predicted": 0.0, "epoch": trainer.current_epoch}
             return
-        self._snapshot.restore(trainer)
-        self._snapshot = None
-        removed = {name: 0 for name in self.groups}
-        for record in self.history[step["layers"][0] :]:
-            removed[record["name"]] += record["before"] - record["after"]
-        self.caps = decision.retry_caps(removed)
-        step["removed"] = {name: count for name, count in removed.items() if count}
-        del self.history[step["layers"][0] :]
-        step["layers"] = [step["layers"][0]] * 2  # its records are gone with the cuts
-        step["outcome"] = "undone"
-        self.scale = self.scale / 2
-        self.info(f"the step of epoch {step['epoch']} cost {step['drop']:.2f} points, over b={self.b}: undone")
+        if not self.orders:
+            self._learn_orders(trainer, pl_module)
+        cycle = self.probe_batches or int(trainer.num_training_batches)
+        floors = self._floors()
+        top = level.max_ratio(self.widths, floors)
+        while len(self.probes) < self.options.probes:
+            ratio = level.next_ratio(self.probes, self.b, top)
+            self.probes.append(self._probe(trainer, pl_module, ratio, checks, cycle, remaining))
+        chosen = level.choose(self.probes, self.b, top)
+        self._cut_to(trainer, pl_module, chosen["ratio"])
+        self.history = self._records(pl_module)
+        self.level = {**chosen, "epoch": trainer.current_epoch, "macs_removed": self._macs_removed(pl_module)}
+        tracking.log_level(trainer, self.probes, self.level)
+        self.info(
+            f"pruned {100 * self.level['macs_removed']:.1f}% of the MACs (ratio {chosen['ratio']:.3f} of every "
+            f"group), predicted final drop {chosen['predicted']:.2f} of b={self.b}"
+        )
 
-    def _drop(self) -> float:
-        """The measured drop of the network as it is now (the last kept step's)."""
-        kept = [s for s in self.steps if s.get("outcome", "").startswith("kept")]
-        return kept[-1]["drop"] if kept else 0.0
+    def _remaining_batches(self, trainer: pl.Trainer) -> float:
+        """Training batches left in the run from the current epoch on (inf: no limit)."""
+        left = math.inf
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            left = (trainer.max_epochs - trainer.current_epoch) * trainer.num_training_batches
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            left = min(left, trainer.max_steps - trainer.global_step)
+        return left
+
+    def _floors(self) -> dict[str, int]:
+        return {name: min_keep_count(self.min_keep, width) for name, width in self.widths.items()}
+
+    def _macs_removed(self, pl_module: pl.LightningModule) -> float:
+        return 1 - self.cost(pl_module)["macs"] / self.baseline["macs"]
+
+    def _probe(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        ratio: float,
+        checks: list[scoring.Batch],
+        cycle: int,
+        remaining: float,
+    ) -> dict[str, Any]:
+        """Cut to `ratio`, train two decaying cycles, read the paired drop after each; then undo it all."""
+        snapshot = TrainingSnapshot(trainer, pl_module)
+        readings = []
+        try:
+            self._cut_to(trainer, pl_module, ratio)
+            macs_removed = self._macs_removed(pl_module)
+            for i in range(2):
+                train_cycle(trainer, pl_module, cycle, seed=self.seed + 2 * len(self.probes) + i)
+                pruned = self._batch_scores(trainer, pl_module, checks)
+                readings.append(level.paired_drop(self.dense, pruned))
+        finally:
+            snapshot.restore(trainer)
+        first, second = readings
+        probe = {
+            "ratio": ratio,
+            "macs_removed": macs_removed,
+            "cycle": cycle,
+            "readings": [[r.drop, r.se] for r in readings],
+            "predicted": level.predicted_drop(first.drop, second.drop, cycle, remaining),
+            "se": second.se,
+        }
+        if not math.isfinite(probe["predicted"]):
+            rank_zero_warn(
+                f"RLPruneCallback: the network cut to ratio {ratio:.3f} ({', '.join(self.groups)}) scores non-finite "
+                f"values after training (readings {probe['readings']}): that level and any beyond it are refused."
+            )
+            probe["predicted"] = math.inf
+        self.info(
+            f"probe {len(self.probes) + 1}/{self.options.probes}: {100 * macs_removed:.1f}% of the MACs, drop "
+            f"{first.drop:.2f} then {second.drop:.2f} +- {second.se:.2f}, predicted final {probe['predicted']:.2f}"
+        )
+        return probe
+
+    def _cut_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ratio: float) -> None:
+        """Cut every group's first filters of its order at `ratio` (BatchNorm statistics re-estimated)."""
+        cuts = level.removals(self.orders, ratio, self._floors())
+        if not cuts:
+            return
+        network = plan.network_of(pl_module)
+        graph = surgery.build_graph(network, surgery.example_input(network, self.input_shape))
+        self.cut(trainer, pl_module, cuts, graph, self.calibration(trainer, pl_module, self.seed))
+
+    def _records(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        network, cost = plan.network_of(pl_module), self.cost(pl_module)
+        return [
+            {
+                "index": i,
+                "name": name,
+                "before": self.widths[name],
+                "after": surgery.out_channels(network.get_submodule(name)),
+                **cost,
+            }
+            for i, name in enumerate(self.groups)
+        ]
+
+    # -- where: each group's order, learned once -----------------------------------------------------------------
+
+    def _learn_orders(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        network = plan.network_of(pl_module)
+        graph = surgery.build_graph(network, surgery.example_input(network, self.input_shape))
+        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
+        calibration = self.calibration(trainer, pl_module, self.seed)
+        floors = self._floors()
+        for index, name in enumerate(self.groups):
+            probs = self._search_group(trainer, pl_module, name, index, graph, batches, calibration, floors[name])
+            self.orders[name] = torch.argsort(probs, stable=True).tolist()
+
+    def _search_group(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        name: str,
+        index: int,
+        graph: Any,
+        batches: list[scoring.Batch],
+        calibration: list[torch.Tensor],
+        floor: int,
+    ) -> torch.Tensor:
+        """The keep probabilities the group's agent learns (rank 0's, on every rank)."""
+        network = plan.network_of(pl_module)
+        weight = network.get_submodule(name).weight
+        search = LayerSearch(
+            weight,
+            floor,
+            seed=self.seed + index,
+            lr=self.agent_lr,
+            entropy_coef=self.entropy_coef,
+            init_keep=self.init_keep,
+            prior_scale=self.l1_prior,
+        )
+        maps = surgery.output_channel_maps(network, graph, name)
+        context = trainer.precision_plugin.forward_context
+        with (
+            scoring.CandidateScorer(
+                network,
+                maps,
+                batches,
+                context,
+                self.cache,
+                self.max_cache_mb,
+                calibration=calibration,
+                score=self.score,
+            ) as scorer,
+            tracking.SearchTracker(trainer, name, index, len(self.groups), self.agent_updates) as track,
+        ):
+            p_star = scorer.accuracy()
+            for update in range(self.agent_updates):
+                masks = search.sample(self.num_samples)
+                scores = self.score_shared(trainer, pl_module, lambda i, m=masks: scorer.accuracy(m[i]), len(masks))
+                kept = masks.sum(1).tolist()
+                rewards = reward_values(self.reward, scores, kept, weight.shape[0], p_star, self.b)
+                search.update(masks, rewards)
+                track.update(update, rewards, search.probs())
+        return trainer.strategy.broadcast(search.probs(), src=0)
+
+    # -- held-out measurements ---------------------------------------------------------------------------------
 
     def _check_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[scoring.Batch]:
         count = self.check_batches
@@ -281,157 +366,69 @@ class RLPruneCallback(PruningCallback):
             count = scoring.batch_count(scoring.validation_loader(trainer)) - self.reward_batches
         return self.batches(trainer, pl_module, "val", self.reward_batches + count)[self.reward_batches :]
 
-    def _check_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
-        batches = self._check_batches(trainer, pl_module)
-        network = plan.network_of(pl_module)
+    def _batch_scores(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[scoring.Batch]
+    ) -> list[float]:
+        """The network's score on each of `batches`, each rank scoring a share."""
+        network, context = plan.network_of(pl_module), trainer.precision_plugin.forward_context
         return self.score_shared(
             trainer,
             pl_module,
-            lambda _: scoring.evaluate(network, batches, trainer.precision_plugin.forward_context, self.score),
-            1,
-        )[0]
+            lambda i: scoring.evaluate(network, batches[i : i + 1], context, self.score),
+            len(batches),
+        )
 
     def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
-        if self.baseline is None:
+        if self.baseline is None or self.dense is None:
             return None
-        check = self._check_score(trainer, pl_module)
-        final = {**self.cost(pl_module), "val_acc": self.final_score(trainer, pl_module), "check": check}
-        baseline = {**self.baseline, "check": self.dense}
-        return {"b": self.b, "baseline": baseline, "final": final, "layers": self.history, "steps": self.steps}
+        scores = self._batch_scores(trainer, pl_module, self._check_batches(trainer, pl_module))
+        realised = level.paired_drop(self.dense, scores)
+        final = {
+            **self.cost(pl_module),
+            "val_acc": self.final_score(trainer, pl_module),
+            "check": sum(scores) / len(scores),
+            "drop": realised.drop,
+            "se": realised.se,
+        }
+        baseline = {**self.baseline, "check": sum(self.dense) / len(self.dense)}
+        return {
+            "b": self.b,
+            "baseline": baseline,
+            "final": final,
+            "layers": self.history,
+            "probes": self.probes,
+            "level": self.level,
+        }
 
     def final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
         if self.monitor is not None:
             return self.monitored(trainer)
-        return self._check_score(trainer, pl_module)
-
-    # -- one group of a step -----------------------------------------------------------------------------------
-
-    def _prune_group(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        name: str,
-        index: int,
-        allowance: float,
-        floor: int,
-    ) -> None:
-        model = plan.network_of(pl_module)
-        inputs = surgery.example_input(model, self.input_shape)
-        graph = surgery.build_graph(model, inputs)
-        maps = surgery.output_channel_maps(model, graph, name)
-        weight = model.get_submodule(name).weight
-        size = weight.shape[0]
-        seed = self.seed + len(self.history)
-        search = LayerSearch(
-            weight,
-            floor,
-            seed=seed,
-            lr=self.agent_lr,
-            entropy_coef=self.entropy_coef,
-            init_keep=self.init_keep,
-            prior_scale=self.l1_prior,
-        )
-        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
-        calibration = self.calibration(trainer, pl_module, seed)
-        context = trainer.precision_plugin.forward_context
-        baseline_cost = self.cost(pl_module) if self.baseline is None else None
-        budget = budget_at(allowance, index, len(self.groups), self.budget_schedule, self.stakes)
-        with (
-            scoring.CandidateScorer(
-                model, maps, batches, context, self.cache, self.max_cache_mb, calibration=calibration, score=self.score
-            ) as scorer,
-            tracking.SearchTracker(trainer, name, index, len(self.groups), self.agent_updates) as track,
-        ):
-            unpruned = scorer.accuracy()
-            if self.p_star is None:
-                self.p_star = unpruned  # drops within a step are measured from its start
-            if baseline_cost is not None:
-                self.baseline = {**baseline_cost, "val_acc": self.baseline_score(trainer, self.dense)}
-            step_stats = []
-            for update in range(self.agent_updates):
-                masks = search.sample(self.num_samples)
-                scores = self._score_masks(trainer, pl_module, scorer, masks)
-                rewards = decision.rewards(self.reward, scores, masks.sum(1).tolist(), size, self.p_star, budget)
-                search.update(masks, rewards)
-                step_stats.append((float(rewards.mean()), float(rewards.max())))
-                track.update(update, rewards, search.probs())
-            keep = self._decide(trainer, pl_module, scorer, search, budget)
-            keep = trainer.strategy.broadcast(keep, src=0)
-            decision_acc = scorer.accuracy(keep)
-        removed = (~keep).nonzero().flatten().tolist()
-        if removed:
-            cut = self.cut(trainer, pl_module, {name: removed}, graph, calibration)
-            removed = cut.get(name, [])
-        record = {
-            "index": len(self.history),
-            "step": len(self.steps),
-            "group": index,
-            "name": name,
-            "before": size,
-            "after": size - len(removed),
-            "decision_acc": decision_acc if removed else unpruned,
-            "reference": unpruned,
-            "reward_mean": step_stats[-1][0],
-            "reward_best": max(best for _, best in step_stats),
-            "keep_probs": [round(p, 4) for p in search.probs().tolist()],
-            "budget": budget,
-            **self.cost(pl_module),
-        }
-        self.history.append(record)
-        self.last_search = {"name": name, **search.state_dict()}
-        tracking.log_layer(trainer, pl_module, record, self.baseline, len(self.groups), self.p_star, self.b)
-
-    def _score_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule, scorer: Any, masks: torch.Tensor):
-        """The scores of `masks`, each rank scoring its share."""
-        return self.score_shared(trainer, pl_module, lambda i: scorer.accuracy(masks[i]), len(masks))
-
-    def _decide(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        scorer: scoring.CandidateScorer,
-        search: LayerSearch,
-        budget: float,
-    ) -> torch.Tensor:
-        if self.decision == "greedy":
-            return search.decision()
-        masks = decision.candidates(search.probs(), search.decision(), search.min_keep, self.decision_counts)
-        scores = self._score_masks(trainer, pl_module, scorer, masks)
-        return masks[decision.choose(self.decision, self.reward, scores, masks, self.p_star, budget)]
+        scores = self._batch_scores(trainer, pl_module, self._check_batches(trainer, pl_module))
+        return sum(scores) / len(scores)
 
     # -- resumable state -------------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
         return {
-            "stakes": self.stakes,
             "widths": self.widths,
-            "steps": self.steps,
+            "orders": self.orders,
             "dense": self.dense,
-            "p_star": self.p_star,
-            "scale": self.scale,
-            "caps": self.caps,
-            "next_epoch": self.next_epoch,
-            "finished": self.finished,
-            "last_search": self.last_search,
+            "probes": self.probes,
+            "level": self.level,
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if "steps" not in state or "dense" not in state:
+        if "orders" not in state or "level" not in state:
             raise ValueError(
-                "The checkpoint's RLPruneCallback state lacks ['steps', 'dense']: it was not saved by this version of "
-                "the callback. Resume from a checkpoint of an RLPruneCallback run, or start the run without ckpt_path."
+                "The checkpoint's RLPruneCallback state lacks ['orders', 'level']: it was saved by an earlier version "
+                "of the callback, which pruned in measured steps. Start the run without ckpt_path (the pruned "
+                "weights load with load_from_checkpoint), or resume with the version that saved it."
             )
-        self.stakes = state.get("stakes", self.stakes)
-        self.widths = dict(state.get("widths") or self.widths)
-        self.steps = list(state["steps"])
+        self.widths = dict(state["widths"])
+        self.orders = {name: list(order) for name, order in state["orders"].items()}
         self.dense = state["dense"]
-        self.p_star = state.get("p_star")
-        self.scale = float(state.get("scale", 1.0))
-        self.caps = state.get("caps")
-        self.next_epoch = state.get("next_epoch")
-        self.finished = bool(state.get("finished", False))
-        self.last_search = state.get("last_search")
-        self._snapshot = None  # a snapshot belongs to the run that took it
+        self.probes = list(state["probes"])
+        self.level = state["level"]
 
 
 def _describe(metric: MetricSpec) -> str:

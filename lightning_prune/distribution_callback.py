@@ -30,7 +30,7 @@ from lightning_prune.distribution import (
 from lightning_prune.measure import model_cost
 from lightning_prune.metric import MetricSpec
 from lightning_prune.options import DistributionOptions
-from lightning_prune.orchestration import PruningCallback, _is_int
+from lightning_prune.orchestration import PruningCallback, _is_int, _is_number
 from lightning_prune.policy import min_keep_count
 
 TARGET_TYPES = ("channels", "macs")
@@ -96,6 +96,14 @@ class DistributionPruneCallback(PruningCallback):
         criterion, alpha, beta, num_samples, updates = o.criterion, o.alpha, o.beta, o.num_samples, o.updates
         elite_size, noise, epsilon, epsilon_decay = o.elite_size, o.noise, o.epsilon, o.epsilon_decay
         lr, clip, taylor_batches = o.lr, o.clip, o.taylor_batches
+        numbers = {"target": target, "step_size": step_size}
+        numbers |= {f"options.{k}": getattr(o, k) for k in ("alpha", "beta", "noise", "epsilon", "epsilon_decay")}
+        numbers |= {"options.lr": lr, "options.clip": clip}
+        not_numbers = [f"{k}={v!r}" for k, v in numbers.items() if not _is_number(v)]
+        if not_numbers:  # before the range checks, which would fail on them with a bare TypeError
+            raise MisconfigurationException(
+                f"DistributionPruneCallback: {', '.join(not_numbers)} must be a number (an int or a float)"
+            )
         checks = [
             (0 < target < 1, f"target={target} must be in (0, 1): the fraction of the model to remove"),
             (target_type in TARGET_TYPES, f"target_type={target_type!r} is unknown: use one of {TARGET_TYPES}"),
@@ -132,6 +140,10 @@ class DistributionPruneCallback(PruningCallback):
         self.lr = float(lr)
         self.clip = float(clip)
         self.taylor_batches = taylor_batches
+        self._reset()
+
+    def _reset(self) -> None:
+        """The search's state of a new run."""
         self.sizes: list[int] = []
         self.base: dict[str, int] | None = None
         self.p_star: float | None = None
@@ -242,7 +254,9 @@ class DistributionPruneCallback(PruningCallback):
 
         def score(counts: torch.Tensor) -> list[dict[str, float]]:
             """Each rank scores its share of the samples."""
-            accs = self.score_shared(trainer, pl_module, lambda i: sample_score(counts[i]), len(counts))
+            accs = self.score_shared(
+                trainer, pl_module, lambda i: sample_score(counts[i]), len(counts), "groups " + ", ".join(self.groups)
+            )
             macs, params = costs.cost(counts)
             rows = []
             for acc, m, p in zip(accs, macs.tolist(), params.tolist(), strict=True):
@@ -260,6 +274,13 @@ class DistributionPruneCallback(PruningCallback):
                 self.baseline = {**self.base, "val_acc": self.baseline_score(trainer, self.p_star)}
             epsilon = self.search.epsilon
             best = self.search.search(counts_of, score)
+        if not math.isfinite(best.details["q"]):
+            self.done = True
+            rank_zero_warn(
+                f"DistributionPruneCallback: no sample of step {len(self.history) + 1} gave finite outputs and "
+                f"score (groups {', '.join(self.groups)}): nothing is cut and pruning stops."
+            )
+            return
         decision = self.cut(trainer, pl_module, removals(best.counts), graph, calibration)
         self._record(trainer, pl_module, decision, best.details, epsilon)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,23 +29,6 @@ def model_cost(model: nn.Module, example_input: torch.Tensor) -> ModelCost:
     with surgery.preserved_modes(model):
         macs, params = tp.utils.count_ops_and_params(model, example_input[:1])
     return ModelCost(params=int(params), macs=int(macs))
-
-
-def macs_at_stake(model: nn.Module, example_input: torch.Tensor, groups: Sequence[str]) -> list[int]:
-    """The MACs each channel group's filters cost: what removing one of its channels saves (its own layers' and
-    the layers reading it), times its size; 0 for a group of one channel, which cannot be pruned. Counted on
-    copies: `model` is left as it is."""
-    total = model_cost(model, example_input).macs
-    stakes = []
-    for name in groups:
-        size = surgery.out_channels(model.get_submodule(name))
-        if size < 2:
-            stakes.append(0)
-            continue
-        pruned = copy.deepcopy(model)
-        surgery.prune_step(pruned, surgery.build_graph(pruned, example_input), [name, True, [0]])
-        stakes.append((total - model_cost(pruned, example_input).macs) * size)
-    return stakes
 
 
 def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:

@@ -21,7 +21,9 @@ from lightning_prune.metric import Unpack
 
 @dataclass
 class ScoringOptions:
-    """What both callbacks share: which batches are scored and how they are read.
+    """What both callbacks share: which batches are scored and how they are read. The callbacks read their batches
+    from the datasets themselves, so the Trainer's `limit_val_batches` does not limit them: `reward_batches` (and
+    `check_batches`) do.
 
     Args:
         reward_batches: validation batches each candidate is scored on (the first ones of the split, in order).
@@ -53,15 +55,12 @@ class RLOptions(ScoringOptions):
         l1_prior: weight of the filters' standardised L1 norms in the agents' keep logits (0: the ranking is
             learned from the rewards alone; > 0: the agent starts from the L1 ranking and its updates learn where
             to depart from it).
-        decision: how a layer's kept count is chosen from the agent's ranking: "reward" (the count whose mask
-            of the most likely filters earns the highest reward), "budget" (the fewest filters within the
-            layer's allowance) or "greedy" (the filters with keep probability >= 0.5, Huang et al.).
-        decision_counts: kept counts tried by the "reward" and "budget" decisions.
-        budget_schedule: how a step's allowance is spread over its L layers: "linear" (the i-th may bring the
-            step's drop to `allowance * i / L`), "macs" (in proportion to the MACs each layer's filters cost)
-            or "shared" (every layer may use all that earlier layers left).
-        check_batches: validation batches, after the reward batches, on which each step's drop is measured
-            (None: all the rest of the validation split). The search never scores them.
+        probes: levels the controller measures before it chooses one (each a cut, two training cycles and two
+            held-out readings, undone afterwards).
+        probe_batches: training steps of each of a probe's two cycles (None: one epoch's training batches).
+        check_batches: validation batches, after the reward batches, on which the probes' and the final drop
+            are measured against the unpruned network (None: all the rest of the validation split). The search
+            never scores them.
         cache: score candidates by running only the part of the network after the cached prefix.
         max_cache_mb: memory bound of that cache; above it the full forward is used.
     """
@@ -73,9 +72,8 @@ class RLOptions(ScoringOptions):
     entropy_coef: float = 0.0
     init_keep: float = 0.8
     l1_prior: float = 2.0
-    decision: Literal["reward", "greedy", "budget"] = "reward"
-    decision_counts: int = 8
-    budget_schedule: Literal["linear", "macs", "shared"] = "linear"
+    probes: int = 3
+    probe_batches: int | None = None
     check_batches: int | None = None
     cache: bool = True
     max_cache_mb: float = 1024.0

@@ -3,8 +3,10 @@
 `PruningCallback` orchestrates and holds no pruning math: its subclasses decide what to remove
 (`RLPruneCallback` with an agent per layer, in measured steps; `DistributionPruneCallback` all groups at once
 to a target), and it
-- checks everything at `setup`, before any training: validation data, the example input, that `forward` traces,
-  that batches unpack and the metric can be computed from the outputs, the channel groups and the schedule;
+- checks everything before any training: at `setup` what needs no data (validation on, one callback of its kind
+  per Trainer, `monitor`), at `on_fit_start` (after the module's own `setup`, which may build the datasets) the
+  validation data, the example input, that `forward` traces, that batches unpack and the metric can be computed
+  from the outputs, the channel groups and the schedule;
 - makes the module carry its pruning plan (`plan.attach`), so its checkpoints hold the pruned structure;
 - splits scoring work across DDP ranks and applies rank 0's decision on every rank;
 - cuts (surgery, optimizer remap, DDP rebuild, BatchNorm re-estimation), skipping a cut that fails with the
@@ -172,15 +174,23 @@ class PruningCallback(Callback):
         return self.unpack_batch or unpack_pair
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """The checks that need no data. Lightning calls callbacks' `setup` before the module's own (which may
+        build the datasets), so everything that reads data waits for `on_fit_start`."""
         if stage != "fit":
             return
-        self._check_validation(trainer)
+        self._reset_run()  # a resumed run's state is loaded after setup
+        self._check_trainer(trainer)
         declared = _declared_metrics(trainer, pl_module)
         if self.monitor is not None and declared is not None and self.monitor not in declared:
             raise MisconfigurationException(
                 f"{type(self).__name__}: monitor={self.monitor!r} is never logged: {type(pl_module).__name__}'s "
                 f"validation logs {', '.join(declared)}. Set `monitor` to one of them, or monitor=None."
             )
+        plan.carry(pl_module)  # a resumed run loads its pruned weights before `on_fit_start`
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The checks that read data (after the module's `setup`, and after a resumed run's state is loaded)."""
+        scoring.validation_loader(trainer)
         inputs = self._example_input(trainer, pl_module)
         saved = plan.plan_of(pl_module)
         self.input_shape = list(saved.input_shape) if saved is not None else [1, *inputs.shape[1:]]
@@ -199,6 +209,35 @@ class PruningCallback(Callback):
         self._setup_groups(trainer, network, inputs, graph)
         self._check_schedule(trainer)
         tracking.log_hyperparams(trainer, self.hparams)
+
+    def _reset_run(self) -> None:
+        """Start from an empty run (the same instance may fit again); subclasses reset theirs in `_reset`."""
+        self.groups, self.history, self.baseline, self.input_shape = [], [], None, None
+        self._score, self._monitor_checked = None, False
+        self._reset()
+
+    def _reset(self) -> None:
+        """Reset the subclass's own run state (what `_state` saves) to that of a new run."""
+
+    def _check_trainer(self, trainer: pl.Trainer) -> None:
+        """Validation is on, and this is the Trainer's only pruning callback of its kind."""
+        name = type(self).__name__
+        if trainer.limit_val_batches == 0:
+            raise MisconfigurationException(
+                f"{name}: limit_val_batches=0 turns validation off, but candidates are scored on the validation "
+                "split. Keep limit_val_batches > 0."
+            )
+        pruners = [cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)]
+        if sum(type(cb) is type(self) for cb in pruners) > 1:
+            raise MisconfigurationException(
+                f"{name}: one {name} per Trainer; list all layers in one callback's `layers`."
+            )
+        others = sorted({type(cb).__name__ for cb in pruners if type(cb) is not type(self)})
+        if others and pruners[0] is self:
+            rank_zero_warn(
+                f"{name} and {', '.join(others)} on the same Trainer may prune the same layers: give each "
+                "callback its own `layers`, or use one of them."
+            )
 
     def _choose_groups(self, network: torch.nn.Module, inputs: torch.Tensor, graph: Any) -> list[surgery.ChannelGroup]:
         """The groups `layers` selects that survive a dry-run cut; the ones left whole are named in a warning.
@@ -259,14 +298,6 @@ class PruningCallback(Callback):
                 "`lambda b: (b['image'], b['mask'])`."
             ) from err
 
-    def _check_validation(self, trainer: pl.Trainer) -> None:
-        if trainer.limit_val_batches == 0:
-            raise MisconfigurationException(
-                f"{type(self).__name__}: limit_val_batches=0 turns validation off, but candidates are scored on "
-                "the validation split. Keep limit_val_batches > 0."
-            )
-        scoring.validation_loader(trainer)
-
     def _check_metric(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One validation batch through `forward` and the metric: both must work before training starts."""
         batch = next(iter(scoring.drawn_batches(scoring.validation_loader(trainer), 1)), None)
@@ -288,6 +319,13 @@ class PruningCallback(Callback):
                 f"{type(self).__name__}: {err}. Pass `metric=` a torchmetrics Metric or a callable (preds, target) "
                 "-> float that takes them, or set `options.unpack_batch` if the target is not the batch's second item."
             ) from err
+        if not (math.isfinite(value) and scoring.finite(preds)):
+            what = "outputs" if not scoring.finite(preds) else "score"
+            raise MisconfigurationException(
+                f"{type(self).__name__}: {_metric_name(self.metric)} gave {value} on a validation batch of the "
+                f"unpruned {type(pl_module).__name__} (its {what} not finite), so candidates cannot be compared. "
+                "Make the metric (or the model) finite on the validation data."
+            )
         self._score = score
         if 0 < self._budget_points() < 0.05:
             rank_zero_warn(
@@ -432,14 +470,29 @@ class PruningCallback(Callback):
         network = plan.network_of(pl_module)
         return model_cost(network, surgery.example_input(network, self.input_shape)).as_dict()
 
-    @staticmethod
-    def score_shared(trainer: pl.Trainer, pl_module: pl.LightningModule, score: Callable[[int], float], n: int):
-        """`score(i)` for i < n, each rank computing its share; the scores are summed across ranks."""
+    def score_shared(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        score: Callable[[int], float],
+        n: int,
+        layer: str | None = None,
+    ) -> list[float]:
+        """`score(i)` for i < n, each rank computing its share; the scores are summed across ranks. A score that
+        is not finite (NaN: the candidate's outputs or metric were not, see `scoring.evaluate`) comes back as
+        -inf, so a higher-is-better choice refuses it, with a warning naming `layer`."""
         values = torch.zeros(n, dtype=torch.float64, device=pl_module.device)
         for i in range(trainer.global_rank, n, trainer.world_size):
-            values[i] = score(i)
+            value = score(i)
+            values[i] = value if math.isfinite(value) else -math.inf
         if trainer.world_size > 1:
             values = trainer.strategy.reduce(values, reduce_op="sum")
+        refused = int(torch.isinf(values).sum())
+        if refused:
+            rank_zero_warn(
+                f"{type(self).__name__}: {refused} of {n} candidates of {layer or 'the model'} gave outputs or a "
+                "score that are not finite (NaN or inf) and are refused."
+            )
         return values.tolist()
 
     def cut(
@@ -533,8 +586,20 @@ def _declared_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tup
     return ImageClassifierBase.validation_metrics
 
 
+def _metric_name(metric: MetricSpec) -> str:
+    """How a message names the `metric` argument."""
+    if metric is None:
+        return "the default metric (top-1 agreement)"
+    return f"metric={getattr(metric, '__name__', None) or type(metric).__name__}"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float, not a bool (True would pass as 1) nor a string."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _get_rng() -> dict[str, Any]:

@@ -1,15 +1,16 @@
 """The pruning history of a model as plain data: saved in checkpoints, replayed on load.
 
-A plan is the input shape the model was traced with and the list of torch-pruning history steps
-`[layer name, is_out_channels, removed indices]`, each in the index space current at that step. Only
-strings, booleans and integers: checkpoints load with `torch.load(path, weights_only=True)`.
+A plan is the input shape the model was traced with, the list of torch-pruning history steps
+`[layer name, is_out_channels, removed indices]`, each in the index space current at that step, and the
+unpruned convolutions' widths (compared before a replay; absent from plans saved before they were recorded).
+Only strings, booleans and integers: checkpoints load with `torch.load(path, weights_only=True)`.
 
 The plan of a LightningModule is kept in its state dict under `_extra_state` (what `nn.Module` calls a
 module's extra state), so a checkpoint carries the pruned structure, and loading rebuilds the pruned shapes
 before any weight is copied:
 - a module with the `Prunable` mixin does this itself, in every loading path (`load_from_checkpoint`,
   `Trainer.fit(ckpt_path=...)`, a plain `load_state_dict`);
-- any other module gets the same behaviour from `attach` (the pruning callbacks call it at setup), and
+- any other module gets the same behaviour from `carry` (the pruning callbacks call it at setup), and
   `load_module(cls, path)` loads its checkpoints in a fresh process.
 """
 
@@ -36,17 +37,22 @@ M = TypeVar("M", bound=nn.Module)
 
 @dataclass
 class PruningPlan:
-    """Input shape used for tracing and the ordered pruning steps applied to the model."""
+    """Input shape used for tracing, the ordered pruning steps applied to the model and the output widths of its
+    convolutions before the first step (None: not recorded)."""
 
     input_shape: list[int]
     steps: list[Step] = field(default_factory=list)
+    widths: dict[str, int] | None = None
 
     def state(self) -> dict[str, Any]:
-        return {
+        state = {
             "version": VERSION,
             "input_shape": list(self.input_shape),
             "steps": [[str(n), bool(o), [int(i) for i in idxs]] for n, o, idxs in self.steps],
         }
+        if self.widths is not None:
+            state["widths"] = {str(k): int(v) for k, v in self.widths.items()}
+        return state
 
     @classmethod
     def from_state(cls, state: Any) -> PruningPlan:
@@ -71,7 +77,13 @@ class PruningPlan:
             raise ValueError(
                 f"Corrupt pruning plan: `steps` must be a list of [layer name, is_out, [channel indices]], got {bad!r}"
             )
-        return cls(input_shape=[int(d) for d in shape], steps=[[s[0], s[1], [int(i) for i in s[2]]] for s in steps])
+        widths = state.get("widths")
+        if widths is not None and not (
+            isinstance(widths, dict) and all(isinstance(k, str) and _is_int(v) for k, v in widths.items())
+        ):
+            raise ValueError(f"Corrupt pruning plan: `widths` must map layer names to ints, got {widths!r}")
+        steps = [[s[0], s[1], [int(i) for i in s[2]]] for s in steps]
+        return cls(input_shape=[int(d) for d in shape], steps=steps, widths=widths)
 
     def pending(self, target: PruningPlan) -> list[Step]:
         """Steps of `target` that this plan has not applied yet.
@@ -138,9 +150,34 @@ def apply_state(module: nn.Module, state: Any) -> None:
     todo = current.pending(target)
     if todo:
         network = network_of(module)
+        check_widths(network, current.widths if current.steps else widths_of(network), target)
         replayed_state(network, todo, target.input_shape)
         surgery.replay(network, todo, surgery.example_input(network, target.input_shape))
     module.__dict__["_pruning_plan"] = target
+
+
+def widths_of(network: nn.Module) -> dict[str, int]:
+    """The output width of every convolution of `network`, by name."""
+    return {name: m.out_channels for name, m in network.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+
+
+def check_widths(network: nn.Module, widths: dict[str, int] | None, target: PruningPlan) -> None:
+    """The widths the `target` plan was recorded on must be those of the network before its first step.
+
+    Raises:
+        ValueError: they differ (the network was built with other widths), naming the first layers that do.
+    """
+    if widths is None or target.widths is None:
+        return  # a plan saved before widths were recorded
+    differ = [
+        f"{k}: checkpoint {v}, this model {widths.get(k)}" for k, v in target.widths.items() if widths.get(k) != v
+    ]
+    if differ:
+        shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+        raise ValueError(
+            f"The checkpoint's pruning plan was recorded on a {type(network).__name__} of other widths ({shown}): "
+            "build the module with the arguments it was saved with (e.g. its width) before loading it"
+        )
 
 
 def replayed_state(network: nn.Module, steps: list[Step], input_shape: list[int]) -> dict[str, torch.Tensor]:
@@ -187,6 +224,10 @@ class Prunable:
         plan = plan_of(self)
         return plan.state() if plan is not None else None
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        state_dict.setdefault(prefix + PLAN_KEY, None)  # saved before the mixin was added: an unpruned model
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def set_extra_state(self, state: Any) -> None:
         """Rebuild the saved pruned shapes before the weights are loaded (`load_state_dict` calls this first)."""
         if state is not None:
@@ -195,16 +236,22 @@ class Prunable:
 
 def attach(module: nn.Module, input_shape: list[int]) -> PruningPlan:
     """Make `module` carry a plan traced with `input_shape` (kept if it has one), saved in its state dict and
-    replayed by `load_state_dict`: through the `Prunable` mixin, else through state-dict hooks on the instance."""
+    replayed by `load_state_dict` (see `carry`)."""
+    carry(module)
     plan = plan_of(module)
     if plan is None:
         plan = PruningPlan(input_shape=list(input_shape))
         module.__dict__["_pruning_plan"] = plan
+    return plan
+
+
+def carry(module: nn.Module) -> None:
+    """Make `module` save its plan (once it has one) in its state dict and replay a saved plan when its state dict
+    is loaded: through the `Prunable` mixin, else through state-dict hooks on the instance."""
     if not isinstance(module, Prunable) and not module.__dict__.get("_plan_hooks"):
         module.register_state_dict_post_hook(_save_plan)
         module.register_load_state_dict_pre_hook(_load_plan)
         module.__dict__["_plan_hooks"] = True
-    return plan
 
 
 def _save_plan(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -242,6 +289,8 @@ def prune(module: nn.Module, name: str, idxs: list[int], graph: Any = None, opti
     if plan is None:
         raise ValueError(f"{type(module).__name__} has no pruning plan: call `lightning_prune.plan.attach` first")
     network = network_of(module)
+    if not plan.steps and plan.widths is None:
+        plan.widths = widths_of(network)
     if graph is None:
         graph = surgery.build_graph(network, surgery.example_input(network, plan.input_shape))
     step = surgery.prune_step(network, graph, [name, True, list(idxs)], optimizers)

@@ -96,28 +96,8 @@ def reinforce_loss(
     return -(advantage * log_prob(probs, masks)).mean() - entropy_coef * entropy(probs)
 
 
-def most_likely_mask(probs: torch.Tensor, min_keep: int) -> torch.Tensor:
-    """The decision: keep filters with probability >= 0.5, and always the `min_keep` most likely ones."""
-    keep = probs.detach() >= 0.5
-    keep[torch.argsort(probs.detach(), descending=True)[:min_keep]] = True
-    return keep
-
-
-def ranked_masks(probs: torch.Tensor, min_keep: int, counts: int) -> torch.Tensor:
-    """Masks keeping the k most likely filters, for `counts` values of k spread evenly from `min_keep` to all.
-
-    Scored and ranked by reward, they pick how many filters to keep along the order the agent learned.
-    """
-    n = probs.numel()
-    ks = torch.linspace(min_keep, n, max(counts, 2)).round().long().unique()
-    order = torch.argsort(probs.detach(), descending=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(n)
-    return rank[None, :] < ks[:, None]
-
-
 class LayerSearch:
-    """The agent of one layer with its optimizer and random stream: sample, update, decide, save, resume.
+    """The agent of one layer with its optimizer and random stream: sample, update, save, resume.
 
     Args:
         weight: the layer's filter weights (N x C x k x k).
@@ -151,10 +131,6 @@ class LayerSearch:
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=lr)
         self.updates = 0
 
-    @property
-    def size(self) -> int:
-        return self.features.shape[0]
-
     def probs(self) -> torch.Tensor:
         with torch.no_grad():
             return self.agent(self.features, self.prior)
@@ -172,9 +148,6 @@ class LayerSearch:
             loss.backward()
             self.optimizer.step()
         self.updates += 1
-
-    def decision(self) -> torch.Tensor:
-        return most_likely_mask(self.probs(), self.min_keep)
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copied tensors): later updates do not change a state taken earlier."""

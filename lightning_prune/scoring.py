@@ -81,20 +81,48 @@ def _as_layout_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class _ChannelMask(nn.Module):
-    """Multiplies channels (dim 1) by the current candidate's 0/1 mask; always returns a new tensor."""
+def _channels_last_first(module: nn.Module) -> bool:
+    """Whether `module`'s output holds its channels on the last axis rather than dim 1, when both would fit:
+    `nn.Linear` and a plain `nn.LayerNorm` act on the last axis (ConvNeXt's permuted blocks); convolutions and
+    normalisation layers such as `LayerNorm2d` keep them on dim 1."""
+    return isinstance(module, nn.Linear) or type(module) is nn.LayerNorm
 
-    def __init__(self, channels: int, index: torch.Tensor) -> None:
+
+def _masked(x: torch.Tensor, scale: torch.Tensor, last_first: bool, name: str) -> torch.Tensor:
+    """`x` times `scale` along its channel axis: dim 1 or the last one, whichever has `len(scale)` entries
+    (`last_first` decides when both do).
+
+    Raises:
+        ValueError: neither axis has that many entries.
+    """
+    axes = (-1, 1) if last_first else (1, -1)
+    axis = next((a for a in axes if x.dim() >= 2 and x.shape[a] == len(scale)), None)
+    if axis is None:
+        raise ValueError(
+            f"cannot mask the {len(scale)} channels of {name}: its output of shape {list(x.shape)} has them neither "
+            "on dim 1 nor on the last axis"
+        )
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return x * scale.to(x.dtype).view(shape)
+
+
+class _ChannelMask(nn.Module):
+    """Multiplies channels (dim 1, or the last axis of a channels-last block) by the current candidate's 0/1 mask;
+    always returns a new tensor."""
+
+    def __init__(self, channels: int, index: torch.Tensor, name: str, last_first: bool) -> None:
         super().__init__()
         self.channels = channels
         self.index = index
+        self.name, self.last_first = name, last_first
         self.register_buffer("scale", torch.ones(channels, device=index.device), persistent=False)
 
     def set(self, keep: torch.Tensor) -> None:
         self.scale.copy_(_channel_scale(self.channels, self.index, keep))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale.to(x.dtype).view(1, -1, *(1,) * (x.dim() - 2))
+        return _masked(x, self.scale, self.last_first, self.name)
 
 
 class _InputMaskedConv(nn.Module):
@@ -209,13 +237,10 @@ def _insert_masks(
     sites = [n for n in graph.nodes if n.op == "call_module" and n.target in index]
     if {n.target for n in sites} != set(index):
         return None
-    plans = [
-        (_push(site, modules), index[site.target], out_channels(modules[site.target]))
-        for site in sites
-        if not _subsumed(site, index, modules)
-    ]
+    plans = [(_push(site, modules), site.target) for site in sites if not _subsumed(site, index, modules)]
     masks = []
-    for k, (end, idx, channels) in enumerate(plans):
+    for k, (end, target) in enumerate(plans):
+        idx, layer = index[target], modules[target]
         name = f"_candidate_mask_{k}"
         readers = list(end.users)
         reader = readers[0] if len(readers) == 1 and readers[0].op == "call_module" else None
@@ -225,7 +250,7 @@ def _insert_masks(
             traced.add_submodule(name, mask)
             reader.target = name
         else:
-            mask = _ChannelMask(channels, idx)
+            mask = _ChannelMask(out_channels(layer), idx, target, _channels_last_first(layer))
             traced.add_submodule(name, mask)
             with graph.inserting_after(end):
                 node = graph.call_module(name, (end,))
@@ -464,7 +489,7 @@ class CandidateScorer(AbstractContextManager):
         scale = self._scales.get(module)
         if scale is None:
             return None
-        return output * scale.to(output.dtype).view(1, -1, *(1,) * (output.dim() - 2))
+        return _masked(output, scale, _channels_last_first(module), type(module).__name__)
 
     def _apply(self, keep: torch.Tensor) -> None:
         if self._split is not None:
@@ -487,6 +512,7 @@ class CandidateScorer(AbstractContextManager):
         return self._scored[key]
 
     def _forward_accuracy(self, keep: torch.Tensor) -> float:
+        """The score of a candidate; NaN when its outputs or its score are not finite."""
         self.forward_passes += 1
         self.score.reset()
         with torch.inference_mode():
@@ -494,8 +520,11 @@ class CandidateScorer(AbstractContextManager):
             self._calibrate()
             with self.forward_context():
                 for args, (_, y) in zip(self._inputs, self.batches, strict=True):
-                    self.score.update(self._run(*args), y)
-        return self.score.compute()
+                    preds = self._run(*args)
+                    if not finite(preds):
+                        return math.nan
+                    self.score.update(preds, y)
+        return finite_or_nan(self.score.compute())
 
     def _calibrate(self) -> None:
         """Re-estimate the affected BatchNorm statistics on the calibration inputs."""
@@ -548,7 +577,8 @@ def evaluate(
     forward_context: Callable[[], AbstractContextManager] | None = None,
     score: Score | None = None,
 ) -> float:
-    """The score (points; None: top-1 accuracy) of `model` in eval mode on `batches`; modes are restored."""
+    """The score (points; None: top-1 accuracy) of `model` in eval mode on `batches`, NaN when its outputs or the
+    score are not finite; modes are restored."""
     score = score or TopOne()
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -556,11 +586,29 @@ def evaluate(
     try:
         with torch.no_grad(), (forward_context or nullcontext)():
             for x, y in batches:
-                score.update(model(x), y)
+                preds = model(x)
+                if not finite(preds):
+                    return math.nan
+                score.update(preds, y)
     finally:
         for module, training in modes:
             module.training = training
-    return score.compute()
+    return finite_or_nan(score.compute())
+
+
+def finite(preds: Any) -> bool:
+    """Whether every floating-point tensor among a model's outputs (a tensor, or a tuple, list or dict of them) is
+    finite."""
+    if isinstance(preds, dict):
+        return all(finite(v) for v in preds.values())
+    if isinstance(preds, (list, tuple)):
+        return all(finite(v) for v in preds)
+    return not (torch.is_tensor(preds) and preds.is_floating_point()) or bool(torch.isfinite(preds).all())
+
+
+def finite_or_nan(value: float) -> float:
+    """`value`, or NaN when it is infinite (every non-finite score reads the same)."""
+    return float(value) if math.isfinite(value) else math.nan
 
 
 def _save_norms(norms: Iterable[_BatchNorm]) -> list[tuple[_BatchNorm, dict[str, torch.Tensor]]]:
@@ -585,9 +633,7 @@ def validation_loader(trainer: pl.Trainer) -> DataLoader:
     Raises:
         MisconfigurationException: the Trainer has no validation data to score candidates on.
     """
-    source = trainer.fit_loop.epoch_loop.val_loop._data_source
-    loaders = source.dataloader() if source.is_defined() else None
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    loader = _first(trainer.val_dataloaders, trainer.fit_loop.epoch_loop.val_loop)
     empty = isinstance(loader, DataLoader) and hasattr(loader.dataset, "__len__") and len(loader.dataset) == 0
     if not isinstance(loader, DataLoader) or empty:
         raise MisconfigurationException(
@@ -599,19 +645,26 @@ def validation_loader(trainer: pl.Trainer) -> DataLoader:
 
 
 def train_loader(trainer: pl.Trainer) -> DataLoader:
-    """The first training dataloader the Trainer was given (also at `setup`, before Lightning loads it).
+    """The first training dataloader the Trainer was given (also before Lightning loads it).
 
     Raises:
         MisconfigurationException: the Trainer has no training dataloader.
     """
-    loader = trainer.train_dataloader
-    if loader is None:
-        source = trainer.fit_loop._data_source
-        loader = source.dataloader() if source.is_defined() else None
-    loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
+    loader = _first(trainer.train_dataloader, trainer.fit_loop)
     if not isinstance(loader, DataLoader):
         raise MisconfigurationException("Pruning needs training batches: give the Trainer a train dataloader.")
     return loader
+
+
+def _first(loaded: Any, loop: Any) -> Any:
+    """The first of the loaders Lightning has loaded (`trainer.train_dataloader` / `trainer.val_dataloaders`), else
+    of those the loop's source gives now. Lightning loads them only when its loop starts (`setup_data`, which also
+    starts iterating, so the callbacks never call it): before, at `on_fit_start`, the private `loop._data_source`
+    (Lightning 2.x) is the only way to the datamodule's or module's loader hooks."""
+    if loaded is None:
+        source = loop._data_source
+        loaded = source.dataloader() if source.is_defined() else None
+    return loaded[0] if isinstance(loaded, (list, tuple)) and loaded else loaded
 
 
 def first_batches(

@@ -21,7 +21,6 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities import rank_zero_info
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -185,37 +184,42 @@ class _TqdmLine:
         self.tqdm.close()
 
 
-# -- one pruned layer ---------------------------------------------------------------------------------------
+# -- the level controller -----------------------------------------------------------------------------------
+
+PROBE_COLUMNS = ["probe", "ratio", "macs_removed_pct", "drop_cycle_1", "drop_cycle_2", "se", "predicted_drop"]
+"""Columns of the probes table: each probe's level, its paired drops after one and two cycles, its prediction."""
 
 
-def log_layer(
-    trainer: pl.Trainer,
-    pl_module: pl.LightningModule,
-    record: dict[str, Any],
-    baseline: dict[str, Any],
-    total_layers: int,
-    p_star: float,
-    b: float,
-) -> None:
-    """Per-layer result (filters before/after, decision accuracy, whole-model cost) to loggers and console.
+def probe_rows(probes: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per probe, in `PROBE_COLUMNS` order."""
+    return [
+        [
+            i + 1,
+            round(p["ratio"], 4),
+            round(100 * p["macs_removed"], 2),
+            round(p["readings"][0][0], 3),
+            round(p["readings"][1][0], 3),
+            round(p["se"], 3),
+            round(p["predicted"], 3),
+        ]
+        for i, p in enumerate(probes)
+    ]
 
-    Sent to the loggers directly (one row per layer): `self.log` would average layers cut in the same epoch."""
-    reduction = 1 - record["macs"] / baseline["macs"]
+
+def log_level(trainer: pl.Trainer, probes: list[dict[str, Any]], level: dict[str, Any]) -> None:
+    """The chosen level to every logger (`prune/level/...`), and the probes as a W&B table (`prune/probes`)."""
+    if not trainer.is_global_zero:
+        return
     metrics = {
-        "prune/filters_before": float(record["before"]),
-        "prune/filters_after": float(record["after"]),
-        "prune/decision_acc": float(record["decision_acc"]),
-        "prune/params": float(record["params"]),
-        "prune/macs": float(record["macs"]),
-        "prune/macs_reduction": reduction,
+        "prune/level/ratio": float(level["ratio"]),
+        "prune/level/macs_removed": float(level["macs_removed"]),
+        "prune/level/predicted_drop": float(level["predicted"]),
+        "prune/level/margin": float(level["margin"]),
     }
-    for logger in trainer.loggers if trainer.is_global_zero else []:
+    for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
-    rank_zero_info(
-        f"[RLPrune] step {record.get('step', 0) + 1}, layer {record.get('group', record['index']) + 1}/{total_layers} "
-        f"{record['name']}: {record['before']} -> {record['after']} filters, score {record['decision_acc']:.2f} "
-        f"(step start {p_star:.2f}, allowed drop {record.get('budget', b):.2f}, b={b}), MACs -{100 * reduction:.1f}%"
-    )
+    for logger in wandb_loggers(trainer):
+        logger.log_table("prune/probes", columns=PROBE_COLUMNS, data=probe_rows(probes), step=trainer.global_step)
 
 
 # -- end of the run -----------------------------------------------------------------------------------------
@@ -234,6 +238,9 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
     }
     if base["val_acc"] is not None:
         metrics["prune/baseline/val_acc"] = float(base["val_acc"])
+    if final.get("drop") is not None:
+        metrics["prune/final/check_drop"] = float(final["drop"])
+        metrics["prune/final/check_drop_se"] = float(final["se"])
     if final["val_acc"] is not None:
         metrics["prune/final/val_acc"] = float(final["val_acc"])
         if base["val_acc"] is not None:
@@ -253,7 +260,7 @@ def layer_rows(summary: dict[str, Any]) -> list[list[Any]]:
             layer["before"],
             layer["after"],
             round(100 * (1 - layer["after"] / layer["before"]), 2),
-            round(float(layer["decision_acc"]), 2),
+            None if layer.get("decision_acc") is None else round(float(layer["decision_acc"]), 2),
             layer["params"],
             layer["macs"],
         ]
@@ -309,6 +316,8 @@ def log_final(trainer: pl.Trainer, summary: dict[str, Any]) -> None:
     for logger in loggers:
         logger.log_table("prune/layers", columns=LAYER_COLUMNS, data=rows, step=step)
         logger.log_image("prune/channels", [chart], step=step, caption=["filters per layer before / after"])
+        if summary.get("probes"):
+            logger.log_table("prune/probes", columns=PROBE_COLUMNS, data=probe_rows(summary["probes"]), step=step)
         if checkpoint is not None:
             log_checkpoint_artifact(logger, *checkpoint, summary)
 
@@ -392,11 +401,29 @@ def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
         f"fewer); MACs {base['macs']:,} -> {final['macs']:,} ({100 * (1 - final['macs'] / base['macs']):.1f}% "
         f"fewer){acc}.{where}"
     )
-    if base.get("check") is not None and final.get("check") is not None:
-        outcomes = [s.get("outcome", "not measured") for s in summary.get("steps", [])]
-        counts = ", ".join(f"{outcomes.count(o)} {o}" for o in dict.fromkeys(outcomes))
-        console.print(
-            f"Held-out validation score (images the search never scored): dense {base['check']:.2f} -> final "
-            f"{final['check']:.2f}, a drop of {base['check'] - final['check']:.2f} against b = {summary['b']}. "
-            f"Steps: {counts or 'none'}."
+    if summary.get("probes"):
+        print_probes(console, summary)
+
+
+def print_probes(console: Console, summary: dict[str, Any]) -> None:
+    """Why the level: each probe's paired drops and prediction, the level chosen, the drop realised."""
+    table = Table(title=f"Level probes (paired drop against the dense network, b = {summary['b']})")
+    for column in ("probe", "filters removed", "MACs removed", "drop, 1 cycle", "drop, 2 cycles", "predicted final"):
+        table.add_column(column, justify="right")
+    for row in probe_rows(summary["probes"]):
+        table.add_row(
+            str(row[0]),
+            f"{100 * row[1]:.1f}%",
+            f"{row[2]:.1f}%",
+            f"{row[3]:.2f}",
+            f"{row[4]:.2f} +- {row[5]:.2f}",
+            f"{row[6]:.2f}",
         )
+    console.print(table)
+    level, final = summary["level"], summary["final"]
+    console.print(
+        f"Chosen: {100 * level['ratio']:.1f}% of every group's filters, {100 * level['macs_removed']:.1f}% of the "
+        f"MACs, predicted final drop {level['predicted']:.2f} (margin {level['margin']:.2f}). Realised on the same "
+        f"held-out images: {summary['baseline']['check']:.2f} -> {final['check']:.2f}, a drop of "
+        f"{final['drop']:.2f} +- {final['se']:.2f}."
+    )

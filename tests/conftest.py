@@ -69,9 +69,9 @@ class QuickstartRun:
     checkpoint: Path | None
 
 
-#: The quickstart config on less compute: the same shipped dense network, budget and schedule (a step, an epoch of
-#: fine-tuning, its measured drop), over 4 epochs of 20 of the 47 training batches, with a shorter search (two agent
-#: updates per layer, BatchNorm re-estimated on one batch).
+#: The quickstart config on less compute: the same shipped dense network, budget and schedule (the search, three
+#: probes and the cut at epoch 0), over 4 epochs of 20 of the 47 training batches (a probe's cycles 20 batches
+#: each), with a shorter search (two agent updates per layer, BatchNorm re-estimated on one batch).
 QUICKSTART_OVERRIDES = (
     "--trainer.max_epochs=4",
     "--trainer.limit_train_batches=20",

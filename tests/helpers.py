@@ -71,25 +71,18 @@ def tiny_data(batch_size: int = 32, **kwargs: Any) -> EmbeddedFashionMNISTDataMo
 
 
 def fast_callback(**kwargs: Any) -> RLPruneCallback:
-    """Few, cheap agent updates; the greedy decision with `init_keep` below 0.5 and `min_keep=0.5` makes every
-    layer really shrink, in the step of epoch 1, measured at the start of epoch 2. The default `b=50` keeps that
-    step: a tiny model's score on one check batch moves by several points with a training batch, and a step whose
-    measured drop is above `b` is undone. Keyword arguments override the callback's arguments or its `RLOptions`
-    fields."""
-    arguments: dict[str, Any] = {
-        "b": 50.0,
-        "layers": LAYERS["vgg11"],
-        "start_epoch": 1,
-        "finetune_epochs": 1,
-        "min_keep": 0.5,
-    }
+    """Few, cheap agent updates and two probes of one training batch per cycle, pruning at epoch 1. The default
+    `b=50` with `min_keep=0.5` cuts every layer to about half: a tiny model's score on one check batch moves by
+    several points with a training batch, so only a large `b` makes the level certain. Keyword arguments override
+    the callback's arguments or its `RLOptions` fields."""
+    arguments: dict[str, Any] = {"b": 50.0, "layers": LAYERS["vgg11"], "start_epoch": 1, "min_keep": 0.5}
     options: dict[str, Any] = {
         "num_samples": 4,
         "agent_updates": 2,
         "reward_batches": 1,
         "check_batches": 1,
-        "init_keep": 0.3,
-        "decision": "greedy",
+        "probes": 2,
+        "probe_batches": 1,
     }
     for key, value in kwargs.items():
         (options if key in RL_OPTIONS else arguments)[key] = value
@@ -191,12 +184,10 @@ def check_pruned_and_trained(
 
 # -- runs shared by the checkpoint and distributed tests (also run as subprocesses: see the bottom) ----------
 
-#: The pruning run that the checkpoint tests interrupt and resume: both layers cut in the step of epoch 1 of 3,
-#: whose drop is measured at the start of epoch 2.
+#: The pruning run that the checkpoint tests interrupt and resume: both layers cut at the start of epoch 1 of 3.
 RESUME_LAYERS = LAYERS["vgg11"]
 
-#: `b` of that run: far above any drop a tiny model can measure on one batch, so its step is kept (a run resumed
-#: between a step and its measurement cannot undo it: see `RLPruneCallback`).
+#: `b` of that run: far above any drop a tiny model can measure on one batch.
 RESUME_B = 50.0
 
 
@@ -258,12 +249,12 @@ def param_checksum(module: torch.nn.Module) -> float:
 
 
 def distributed_run(root: Path, strategy: str, devices: int) -> tuple[ImageClassifier, pl.Trainer]:
-    """The run the DDP tests compare: two layers cut mid-fit, each decided on candidates whose scores the ranks
-    share, and the step's drop measured after fine-tuning; every rank reads all the training data in the same
-    order (no distributed sampler), so any number of processes computes the same updates."""
+    """The run the DDP tests compare: two layers cut mid-fit, their orders learned on masks whose scores the ranks
+    share and the level chosen on probes whose held-out batches they share; every rank reads all the training data
+    in the same order (no distributed sampler), so any number of processes computes the same updates."""
     pl.seed_everything(0)
     module = tiny_classifier()
-    callback = fast_callback(b=50.0, decision="reward", decision_counts=3)
+    callback = fast_callback(b=50.0)
     trainer = fast_trainer(
         root,
         [callback, WriteRankResult(root)],

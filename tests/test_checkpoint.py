@@ -50,11 +50,11 @@ def test_checkpoint_is_plain_data_and_loads_into_a_fresh_module(reference):
     module, callback, ckpt = reference
     checkpoint = torch.load(ckpt / "last.ckpt", weights_only=True)
     state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("RLPruneCallback"))
-    keys = {"stakes", "widths", "steps", "dense", "p_star", "scale", "caps", "next_epoch", "finished", "last_search"}
+    keys = {"widths", "orders", "dense", "probes", "level"}
     assert keys | {"groups", "history", "baseline", "args", "rng"} == set(state)
     assert state["history"] == callback.history and [r["name"] for r in state["history"]] == RESUME_LAYERS
-    assert state["steps"] == callback.steps and [s["outcome"] for s in state["steps"]] == ["kept"]
-    assert state["dense"] == callback.dense and state["finished"] and state["args"]["b"] == RESUME_B
+    assert state["probes"] == callback.probes and state["level"] == callback.level and state["level"]["epoch"] == 1
+    assert state["dense"] == callback.dense and state["args"]["b"] == RESUME_B
     assert checkpoint["state_dict"]["_extra_state"] == module.plan.state()
 
     loaded = ImageClassifier.load_from_checkpoint(ckpt / "last.ckpt")
@@ -67,26 +67,25 @@ def test_checkpoint_is_plain_data_and_loads_into_a_fresh_module(reference):
         assert torch.equal(loaded(x), module(x))
 
 
-def test_resume_between_a_step_and_its_measurement_ends_like_the_uninterrupted_run(reference, tmp_path):
-    """`epoch=1.ckpt` holds the step of epoch 1 (both layers cut), not yet measured: the resumed run measures the
-    same drop at epoch 2 and ends with the same model."""
+def test_resume_after_the_cut_ends_like_the_uninterrupted_run(reference, tmp_path):
+    """`epoch=1.ckpt` holds the cut of epoch 1 (search, probes and cut happen in one hook, so no checkpoint falls
+    between them): the resumed run prunes nothing more and ends with the same model."""
     module, callback, ckpt = reference
     midway = torch.load(ckpt / "epoch=1.ckpt", weights_only=True)
     assert [s[0] for s in midway["state_dict"]["_extra_state"]["steps"]] == RESUME_LAYERS
     saved = next(v for k, v in midway["callbacks"].items() if k.startswith("RLPruneCallback"))
-    assert len(saved["steps"]) == 1 and "drop" not in saved["steps"][0] and saved["next_epoch"] == 2
+    assert saved["level"] == callback.level and saved["probes"] == callback.probes
 
     resumed, resumed_callback = resume_run(tmp_path, ckpt_path=str(ckpt / "epoch=1.ckpt"))
     assert steps(resumed) == steps(module)
-    assert resumed_callback.history == callback.history
-    assert resumed_callback.steps == callback.steps and resumed_callback.steps[0]["outcome"] == "kept"
+    assert resumed_callback.history == callback.history and resumed_callback.level == callback.level
     assert resumed_callback.dense == callback.dense
     assert _same_state(_state(resumed), _state(module))
 
 
-def test_sigkill_during_a_search_loses_only_that_step(reference, tmp_path):
-    """Killed during the second layer's search of the step of epoch 1, the run's last checkpoint is epoch 0's
-    (nothing cut yet); resumed from it, the step is taken again and the run ends like the uninterrupted one."""
+def test_sigkill_during_the_search_resumes_to_the_same_result(reference, tmp_path):
+    """Killed during the second group's search at epoch 1, the run's last checkpoint is epoch 0's (nothing cut
+    yet); resumed from it, the search and probes run again and the run ends like the uninterrupted one."""
     module, callback, _ = reference
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HELPERS.parents[1]), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, str(HELPERS), "kill", str(tmp_path), str(torch.get_num_threads())]
@@ -108,7 +107,8 @@ def test_sigkill_during_a_search_loses_only_that_step(reference, tmp_path):
     assert last["epoch"] == 0 and last["state_dict"]["_extra_state"]["steps"] == []
     resumed, resumed_callback = resume_run(tmp_path, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert steps(resumed) == steps(module)
-    assert resumed_callback.history == callback.history and resumed_callback.steps == callback.steps
+    assert resumed_callback.history == callback.history and resumed_callback.probes == callback.probes
+    assert _same_state(_state(resumed), _state(module))
 
 
 # -- corrupt or mismatched checkpoints are refused, nothing overwritten -------------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from lightning_prune import surgery
 from lightning_prune.models import build_model
-from lightning_prune.plan import VERSION, PruningPlan
+from lightning_prune.plan import PLAN_KEY, VERSION, Prunable, PruningPlan, attach, carry, plan_of, prune
 
 
 def _recorded_plan() -> PruningPlan:
@@ -79,3 +83,56 @@ def test_pending_returns_missing_steps_and_raises_on_divergence() -> None:
     for diverged in ([["a", True, [2]]], [["b", True, [0, 2]]], full.steps + [["d", True, [0]]]):
         with pytest.raises(ValueError, match="freshly built, unpruned model"):
             PruningPlan([1, 3, 32, 32], diverged).pending(full)
+
+
+class _Net(pl.LightningModule):
+    """A user's module without the mixin."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, width, 3), nn.Conv2d(width, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+class _PrunableNet(Prunable, _Net):
+    """The same module after the user added the mixin."""
+
+
+def test_a_dense_checkpoint_saved_before_the_mixin_was_added_loads_as_unpruned(tmp_path) -> None:
+    dense = _Net()
+    torch.save({"state_dict": dense.state_dict(), "pytorch-lightning_version": pl.__version__}, tmp_path / "d.ckpt")
+    loaded = _PrunableNet.load_from_checkpoint(tmp_path / "d.ckpt", weights_only=True)
+    assert loaded.plan is None and torch.equal(loaded.conv1.weight, dense.conv1.weight)
+
+
+def _pruned_state(cls: type[_Net]) -> dict:
+    net = cls()
+    attach(net, [1, 3, 8, 8])
+    prune(net, "conv1", [0, 1])
+    return net.state_dict()
+
+
+@pytest.mark.parametrize("cls", [_Net, _PrunableNet])
+def test_a_plan_recorded_on_other_widths_names_them_and_leaves_the_module_untouched(cls: type[_Net]) -> None:
+    state = _pruned_state(cls)
+    assert state[PLAN_KEY]["widths"] == {"conv1": 8, "conv2": 4}
+    wider = cls(width=16)
+    carry(wider)
+    before = copy.deepcopy(wider.state_dict())
+    with pytest.raises(ValueError, match="other widths \\(conv1: checkpoint 8, this model 16\\)"):
+        wider.load_state_dict(state)
+    assert plan_of(wider) is None and same_tensors(wider.state_dict(), before)
+
+
+def test_a_plan_saved_without_widths_still_loads() -> None:
+    state = _pruned_state(_PrunableNet)
+    del state[PLAN_KEY]["widths"]
+    net = _PrunableNet()
+    net.load_state_dict(state)
+    assert net.conv1.out_channels == 6 and net.plan.widths is None
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))

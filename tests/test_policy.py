@@ -13,8 +13,6 @@ from lightning_prune.policy import (
     l1_prior,
     log_prob,
     min_keep_count,
-    most_likely_mask,
-    ranked_masks,
     reinforce_loss,
     sample_masks,
 )
@@ -51,7 +49,6 @@ def test_prior_ranks_filters_by_l1_norm_before_any_update() -> None:
     search = LayerSearch(weight, min_keep=1, seed=0, init_keep=0.8, prior_scale=1.0)
     probs = search.probs()
     assert torch.equal(probs.argsort(), norms.argsort())
-    assert ranked_masks(probs, 1, 8)[2].nonzero().squeeze(1).tolist() == sorted(norms.argsort()[-3:].tolist())
     plain = LayerSearch(weight, min_keep=1, seed=0, init_keep=0.8).probs()
     torch.testing.assert_close(plain, torch.full((8,), 0.8))
 
@@ -62,12 +59,12 @@ def test_agent_learns_to_depart_from_the_prior() -> None:
     useless = torch.zeros(12, dtype=torch.bool)
     useless[weight.abs().sum((1, 2, 3)).argsort()[-4:]] = True
     search = LayerSearch(weight, 1, seed=0, lr=0.1, init_keep=0.8, prior_scale=1.0)
-    assert search.decision()[useless].all()  # the prior keeps them at first
+    assert (search.probs()[useless] >= 0.5).all()  # the prior keeps them at first
     for _ in range(60):
         masks = search.sample(16)
         removed = ~masks
         search.update(masks, (removed & useless).sum(1).float() - 2.0 * (removed & ~useless).sum(1).float())
-    assert torch.equal(search.decision(), ~useless)
+    assert torch.equal(search.probs() >= 0.5, ~useless)
 
 
 def test_sample_masks_respect_min_keep_for_any_seed() -> None:
@@ -129,24 +126,8 @@ def test_bandit_learns_which_filters_to_remove() -> None:
     probs = search.probs()
     assert (probs[useless] < 0.5).all(), probs
     assert (probs[~useless] > 0.5).all(), probs
-    assert torch.equal(search.decision(), ~useless)
+    assert torch.equal(search.probs() >= 0.5, ~useless)
     assert search.updates == 50
-
-
-def test_most_likely_mask_keeps_min_keep() -> None:
-    probs = torch.tensor([0.1, 0.3, 0.2, 0.6, 0.05])
-    assert most_likely_mask(probs, 1).tolist() == [False, False, False, True, False]
-    assert most_likely_mask(probs, 3).tolist() == [False, True, True, True, False]
-    assert most_likely_mask(torch.full((4,), 0.01), 2).sum() == 2
-
-
-def test_ranked_masks_keep_the_most_likely_filters() -> None:
-    probs = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.2])
-    masks = ranked_masks(probs, min_keep=2, counts=3)
-    assert masks.sum(1).tolist() == [2, 4, 6]
-    assert masks[0].tolist() == [False, True, False, True, False, False]
-    assert masks[1].tolist() == [False, True, True, True, True, False]
-    assert ranked_masks(probs, min_keep=2, counts=50).sum(1).tolist() == [2, 3, 4, 5, 6]  # each count once
 
 
 @pytest.mark.parametrize(
@@ -195,4 +176,3 @@ def test_layer_search_works_inside_inference_mode() -> None:
         before = search.probs()
         _run(search, 2)
         assert not torch.equal(before, search.probs())
-        assert search.decision().sum() >= 2

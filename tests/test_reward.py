@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lightning_prune.reward import REWARDS, accuracy_term, budget_at, fewest_within, huang_reward, yang_reward
+from lightning_prune.reward import REWARDS, accuracy_term, huang_reward, reward_values, yang_reward
 
 
 def test_accuracy_term() -> None:
@@ -77,36 +77,9 @@ def test_larger_budget_never_prefers_keeping_more(fn) -> None:
     assert best[0] > best[-1]
 
 
-def test_budget_schedules() -> None:
-    assert [budget_at(2.0, i, 4) for i in range(4)] == [0.5, 1.0, 1.5, 2.0]
-    assert [budget_at(2.0, i, 4, "shared") for i in range(4)] == [2.0] * 4
-    assert budget_at(3.0, 0, 1) == 3.0  # a single layer gets all of b
-    assert [budget_at(2.0, i, 3, "macs", [1, 3, 0]) for i in range(3)] == [0.5, 2.0, 2.0]  # in proportion to MACs
-
-
-@pytest.mark.parametrize(
-    ("args", "match"),
-    [
-        ((1.0, 4, 4), "index=4, count=4"),
-        ((1.0, 0, 2, "cubic"), "'cubic'"),
-        ((1.0, 0, 2, "macs"), "needs 2 weights"),
-        ((1.0, 0, 2, "macs", [1.0]), "needs 2 weights"),
-        ((1.0, 0, 2, "macs", [0.0, 0.0]), "positive sum"),
-    ],
-)
-def test_bad_budget_arguments(args, match) -> None:
-    with pytest.raises(ValueError, match=match):
-        budget_at(*args)
-
-
-def test_fewest_within_keeps_the_fewest_filters_the_budget_allows() -> None:
-    drops, kept = [0.0, 0.3, 0.9, 0.3, 2.5], [16, 12, 8, 12, 4]
-    assert fewest_within(drops, kept, 1.0) == 2  # 8 filters at a drop of 0.9
-    assert fewest_within(drops, kept, 0.5) == 1  # 12 filters, the first of the two equal drops
-    assert fewest_within([0.0, 0.4, 0.2], [16, 12, 12], 0.5) == 2  # equal counts: the smaller drop
-    assert fewest_within([0.6, 0.9], [16, 8], 0.5) is None  # nothing within the budget
-
-
-def test_fewest_within_needs_one_drop_per_candidate() -> None:
-    with pytest.raises(ValueError, match="one drop per candidate"):
-        fewest_within([0.1], [16, 8], 1.0)
+def test_reward_values_score_each_mask_against_p_star() -> None:
+    values = reward_values("huang", [90.0, 89.0], [8, 4], 16, 90.0, 2.0)
+    assert values.tolist() == pytest.approx(
+        [huang_reward(90.0, 90.0, 2.0, 16, 8), huang_reward(90.0, 89.0, 2.0, 16, 4)]
+    )
+    assert reward_values("yang", [90.0], [8], 16, 90.0, 2.0).tolist() == pytest.approx([2.0])

@@ -58,11 +58,11 @@ def trainer(root: Path, max_epochs: int, callbacks: list[L.Callback] | None = No
 
 
 def pruner(**kwargs) -> RLPruneCallback:
-    """Tiny search: each test prunes two groups in one step in a few seconds."""
+    """Tiny search and two probes of one training batch a cycle: each test prunes two groups in a few seconds."""
     options = RLOptions(
-        num_samples=2, agent_updates=1, reward_batches=1, calibration_batches=1, decision_counts=2, init_keep=0.5
+        num_samples=2, agent_updates=1, reward_batches=1, calibration_batches=1, probes=2, probe_batches=1
     )
-    return RLPruneCallback(b=50.0, layers=LAYERS, start_epoch=0, finetune_epochs=1, options=options, **kwargs)
+    return RLPruneCallback(b=50.0, layers=LAYERS, start_epoch=0, min_keep=0.5, options=options, **kwargs)
 
 
 def test_compose_scenes_is_deterministic_and_labels_garment_pixels() -> None:

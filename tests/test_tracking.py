@@ -37,11 +37,11 @@ def _fit(
     **trainer_kwargs: Any,
 ) -> tuple[pl.Trainer, RLPruneCallback]:
     """A tiny pruning run: VGG-11 at width 1/8 on the embedded Fashion-MNIST, one batch per epoch, every layer
-    pruned in the step of epoch 0, its drop measured at the start of epoch 1 (the last). `init_keep=0.3` with the
-    greedy decision makes every layer remove filters, and `b=50` keeps them, so the run always shrinks the model."""
+    pruned at epoch 0 after two probes of one batch per cycle. `b=50` with `min_keep=0.5` cuts every layer to
+    about half, so the run always shrinks the model."""
     pl.seed_everything(0)
-    options = RLOptions(agent_updates=updates, num_samples=2, reward_batches=1, init_keep=0.3, decision="greedy")
-    prune = RLPruneCallback(b=50.0, layers=layers, seed=0, options=options)
+    options = RLOptions(agent_updates=updates, num_samples=2, reward_batches=1, probes=2, probe_batches=1)
+    prune = RLPruneCallback(b=50.0, layers=layers, min_keep=0.5, seed=0, options=options)
     kwargs: dict[str, Any] = {
         "max_epochs": 2,
         "limit_train_batches": 1,
@@ -175,6 +175,10 @@ def test_wandb_run_shows_the_search_the_result_and_the_pruned_checkpoint(
     assert table["columns"] == tracking.LAYER_COLUMNS
     assert [row[:3] for row in table["data"]] == [[r["name"], r["before"], r["after"]] for r in prune.history]
     assert all(row[2] < row[1] for row in table["data"])
+    probe_tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/prune/probes_*.table.json"))
+    assert probe_tables and all(json.loads(t.read_text())["columns"] == tracking.PROBE_COLUMNS for t in probe_tables)
+    assert json.loads(probe_tables[0].read_text())["data"] == json.loads(json.dumps(tracking.probe_rows(prune.probes)))
+    assert final["prune/level/predicted_drop"] == pytest.approx(prune.level["predicted"])
     (chart,) = tmp_path.glob("wandb/offline-run-*/files/media/images/prune/channels_*.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

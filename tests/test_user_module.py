@@ -15,10 +15,13 @@ import torch
 import user_modules
 from lightning.pytorch.callbacks import ModelCheckpoint
 from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint as PLModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryAccuracy
-from user_modules import CLASSES, LAYERS, callback, loaders, macs, outputs, trainer
+from user_modules import CLASSES, LAYERS, OWN_DATA, callback, loaders, macs, outputs, trainer
+
+from lightning_prune.plan import plan_of
 
 SCRIPT = Path(user_modules.__file__)
 
@@ -81,8 +84,8 @@ def test_resume_from_a_checkpoint_of_the_user_module_mid_pruning(tmp_path):
     resumed_callback = callback("rl")
     module = CLASSES["lightning"]()
     run = trainer("lightning", tmp_path, [resumed_callback])
-    run.fit(module, *loaders(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")  # after the step, before its measure
-    assert [s["outcome"] for s in resumed_callback.steps] == ["kept"]
+    run.fit(module, *loaders(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")  # after the cut
+    assert resumed_callback.level is not None and len(resumed_callback.probes) == 2
     assert [r["name"] for r in resumed_callback.history] == LAYERS
     assert module.backbone.conv1.out_channels < 64
 
@@ -160,3 +163,26 @@ def test_image_classifier_of_the_lightning_namespace_is_pruned_by_a_lightning_tr
     run = trainer("lightning", tmp_path, [fast_callback()], limit_train_batches=3)
     run.fit(module, data.train_dataloader(), data.val_dataloader())
     assert [s[0] for s in module.plan.steps] == BUILTIN_LAYERS["vgg11"]
+
+
+@pytest.mark.parametrize("namespace", ["lightning", "pytorch_lightning"])
+def test_a_module_that_builds_its_data_in_its_own_setup_is_pruned_and_resumes(tmp_path, namespace):
+    """The callbacks read data only after the module's `setup` (Lightning calls the callbacks' `setup` first)."""
+    torch.manual_seed(0)
+    checkpoint = ModelCheckpoint if namespace == "lightning" else PLModelCheckpoint
+    saving = checkpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+    first, pruned = callback("distribution"), OWN_DATA[namespace]()
+    trainer(namespace, tmp_path, [first, saving], enable_checkpointing=True).fit(pruned)
+    assert first.done and len(first.history) == 1
+    resumed, module = callback("distribution"), OWN_DATA[namespace]()
+    trainer(namespace, tmp_path, [resumed]).fit(module, ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")  # after the cut
+    assert resumed.done and resumed.history == first.history
+    assert plan_of(module).state() == plan_of(pruned).state() and plan_of(module).steps
+    assert macs(module) == macs(pruned)
+
+
+def test_a_module_that_builds_its_data_in_its_own_setup_is_pruned_under_ddp(tmp_path):
+    _run("ddp-own-data", str(tmp_path), "lightning")
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["shapes"] != {"backbone.conv1": 64, "backbone.layer2.0.conv1": 128}

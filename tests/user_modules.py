@@ -1,5 +1,6 @@
 """LightningModules written as a user writes them (no base class from this package), under both namespaces, and
-the runs the user-module tests make of them. Also a subprocess entry: `user_modules.py ddp|reload ROOT ...`."""
+the runs the user-module tests make of them. Also a subprocess entry: `user_modules.py ddp|ddp-own-data|reload ROOT
+...`."""
 
 from __future__ import annotations
 
@@ -64,6 +65,35 @@ class LClassifier(_Classifier, L.LightningModule):
 CLASSES = {"lightning": LClassifier, "pytorch_lightning": PLClassifier}
 
 
+class _OwnData:
+    """Builds its datasets in its own `setup` (as Lightning's ImageNet example does) and serves them from its own
+    dataloader hooks, which fail before that."""
+
+    train_set = val_set = None
+
+    def setup(self, stage: str) -> None:
+        if self.train_set is None:
+            train, val = loaders()
+            self.train_set, self.val_set = train.dataset, val.dataset
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=16, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=16)
+
+
+class PLOwnData(_OwnData, PLClassifier):
+    """`PLClassifier` with its own data."""
+
+
+class LOwnData(_OwnData, LClassifier):
+    """`LClassifier` with its own data."""
+
+
+OWN_DATA = {"lightning": LOwnData, "pytorch_lightning": PLOwnData}
+
+
 def loaders(size: int = 32, batch_size: int = 16) -> tuple[DataLoader, DataLoader]:
     """Seeded random 3x32x32 images whose class sets the mean of the first channel (learnable)."""
     generator = torch.Generator().manual_seed(0)
@@ -75,15 +105,15 @@ def loaders(size: int = 32, batch_size: int = 16) -> tuple[DataLoader, DataLoade
 
 
 def callback(kind: str, **kwargs: Any) -> RLPruneCallback | DistributionPruneCallback:
-    """Tiny search settings that really cut both groups, in one step at epoch 1 (RL: measured at epoch 2, and kept
-    by a generous `b`). Keyword arguments override the callback's arguments or its options' fields."""
-    arguments: dict[str, Any] = {"layers": LAYERS, "start_epoch": 1, "finetune_epochs": 1}
+    """Tiny search settings that really cut both groups at epoch 1 (RL: two probes of a batch a cycle, and a
+    generous `b`). Keyword arguments override the callback's arguments or its options' fields."""
+    arguments: dict[str, Any] = {"layers": LAYERS, "start_epoch": 1}
     options: dict[str, Any] = {"calibration_batches": 1, "reward_batches": 1, "num_samples": 2}
     if kind == "rl":
         arguments.update(b=50.0, min_keep=0.25)
-        options.update(agent_updates=1, init_keep=0.3, decision="greedy")
+        options.update(agent_updates=1, probes=2, probe_batches=1)
     else:
-        arguments.update(target=0.3, step_size=0.3)
+        arguments.update(target=0.3, step_size=0.3, finetune_epochs=1)
         options.update(updates=1, elite_size=1)
     cls, options_cls = (
         (RLPruneCallback, RLOptions) if kind == "rl" else (DistributionPruneCallback, DistributionOptions)
@@ -122,6 +152,16 @@ def ddp_run(root: Path, namespace: str) -> None:
     (root / f"rank{run.global_rank}.json").write_text(json.dumps({"shapes": shapes, "checksum": checksum}))
 
 
+def ddp_own_data_run(root: Path, namespace: str) -> None:
+    """`ddp_run` of the module that builds its data in its own `setup`, with `DistributionPruneCallback`."""
+    NAMESPACES[namespace].seed_everything(0)
+    module = OWN_DATA[namespace]()
+    run = trainer(namespace, root, [callback("distribution")], strategy="ddp", devices=2, use_distributed_sampler=False)
+    run.fit(module)
+    shapes = {name: module.get_submodule(name).out_channels for name in LAYERS}
+    (root / f"rank{run.global_rank}.json").write_text(json.dumps({"shapes": shapes}))
+
+
 def reload(namespace: str, checkpoint: Path, expected: Path) -> None:
     """In a fresh process: load the checkpoint and check it gives the saved outputs."""
     module = load_module(CLASSES[namespace], checkpoint)
@@ -132,5 +172,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[1] == "ddp":
         ddp_run(Path(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1] == "ddp-own-data":
+        ddp_own_data_run(Path(sys.argv[2]), sys.argv[3])
     else:
         reload(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
