@@ -204,8 +204,7 @@ class RLPruneCallback(PruningCallback):
         if not self.orders:
             self._learn_orders(trainer, pl_module)
         cycle = self.probe_batches or int(trainer.num_training_batches)
-        floors = self._floors()
-        top = level.max_ratio(self.widths, floors)
+        top = level.max_ratio(self.widths, self._floors())
         while len(self.probes) < self.options.probes:
             ratio = level.next_ratio(self.probes, self.b, top)
             self.probes.append(self._probe(trainer, pl_module, ratio, checks, cycle, remaining))
@@ -243,26 +242,33 @@ class RLPruneCallback(PruningCallback):
         cycle: int,
         remaining: float,
     ) -> dict[str, Any]:
-        """Cut to `ratio`, train two decaying cycles, read the paired drop after each; then undo it all."""
+        """Cut to `ratio`, train a decaying cycle from the cut (the first probe also one `level.SPAN` times as
+        long, which measures how the drop decays with training), read the paired drop after each; then undo it
+        all and predict the drop after `remaining` batches."""
+        lengths = [cycle] if self.probes else [cycle, level.SPAN * cycle]
         snapshot = TrainingSnapshot(trainer, pl_module)
         readings = []
         try:
             self._cut_to(trainer, pl_module, ratio)
             macs_removed = self._macs_removed(pl_module)
-            for i in range(2):
-                train_cycle(trainer, pl_module, cycle, seed=self.seed + 2 * len(self.probes) + i)
-                pruned = self._batch_scores(trainer, pl_module, checks)
-                readings.append(level.paired_drop(self.dense, pruned))
+            for i, length in enumerate(lengths):
+                cut = TrainingSnapshot(trainer, pl_module) if i + 1 < len(lengths) else None
+                train_cycle(trainer, pl_module, length, seed=self.seed + len(self.probes) + i)
+                readings.append(level.paired_drop(self.dense, self._batch_scores(trainer, pl_module, checks)))
+                if cut is not None:
+                    cut.restore(trainer)
         finally:
             snapshot.restore(trainer)
-        first, second = readings
+        gamma = self.probes[0]["gamma"] if self.probes else level.length_exponent(*(r.drop for r in readings))
+        predicted, se = level.predicted_reading(readings[-1], lengths[-1], remaining, gamma)
         probe = {
             "ratio": ratio,
             "macs_removed": macs_removed,
-            "cycle": cycle,
+            "cycles": lengths,
             "readings": [[r.drop, r.se] for r in readings],
-            "predicted": level.predicted_drop(first.drop, second.drop, cycle, remaining),
-            "se": second.se,
+            "gamma": gamma,
+            "predicted": predicted,
+            "se": se,
         }
         if not math.isfinite(probe["predicted"]):
             rank_zero_warn(
@@ -270,9 +276,10 @@ class RLPruneCallback(PruningCallback):
                 f"values after training (readings {probe['readings']}): that level and any beyond it are refused."
             )
             probe["predicted"] = math.inf
+        drops = " then ".join(f"{r.drop:.2f} +- {r.se:.2f} ({n} steps)" for r, n in zip(readings, lengths, strict=True))
         self.info(
             f"probe {len(self.probes) + 1}/{self.options.probes}: {100 * macs_removed:.1f}% of the MACs, drop "
-            f"{first.drop:.2f} then {second.drop:.2f} +- {second.se:.2f}, predicted final {probe['predicted']:.2f}"
+            f"{drops}, predicted final {predicted:.2f} (gamma {gamma:.2f})"
         )
         return probe
 

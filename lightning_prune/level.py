@@ -5,10 +5,11 @@ first), so the pruned network at any level is a prefix of that order, and one nu
 of every group's filters removed (a group never below its `min_keep`).
 
 The drop a level costs is measured, not forecast, on few well-powered probes. A probe cuts the network to a
-ratio, trains it for two short cycles whose learning rate decays to 0, and reads its drop after each cycle,
-paired with the dense network on the same held-out images (`paired_drop`). Fine-tuning keeps shrinking the drop
-with training; modelled as `d(t) = d_inf + c / t` in training length `t`, the two readings predict the drop after
-the run's remaining training (`predicted_drop`). Through the probes' predictions runs the curve
+ratio, trains it for one cycle whose learning rate decays to 0, and reads its drop paired with the dense network
+on the same held-out images (`paired_drop`). Fine-tuning keeps shrinking the drop with the length `L` of such a
+cycle, as `d(L) ~ L^-gamma`: the first probe also trains a cycle `SPAN` times as long from the same cut, and the
+two readings measure `gamma` (`length_exponent`), which carries every probe's drop to the length of the run's
+remaining training (`predicted_drop`). Through the probes' predictions runs the curve
 `D(r) = A * ((1 - r) ** -alpha - 1)` (`fit_curve`): each probe is placed where the curve of the probes so far
 reaches `b` (`next_ratio`), and the level chosen is the largest ratio whose predicted drop plus a margin of half
 a standard error stays within `b` (`choose`), never far beyond the most pruned probe.
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 
 #: The first probe's ratio, before any measurement.
 FIRST_RATIO = 0.5
+#: How many times longer the first probe's second cycle is than its first: the span `gamma` is measured over.
+SPAN = 4
 #: The curve's exponent before two probes can fit it.
 PRIOR_ALPHA = 2.0
 #: Exponents the fit may choose from (a geometric grid between these bounds).
@@ -57,13 +60,28 @@ def paired_drop(dense: Sequence[float], pruned: Sequence[float]) -> Reading:
     return Reading(mean, math.sqrt(var / len(diffs)))
 
 
-def predicted_drop(first: float, second: float, cycle: int, remaining: float) -> float:
-    """The drop after `remaining` training batches, from the drops read after one `cycle` of batches (`first`)
-    and two (`second`), with `d(t) = d_inf + c / t` and `c >= 0` (training never raises the drop)."""
-    gain = max(first - second, 0.0)
-    if remaining <= 2 * cycle:
-        return second
-    return second - gain * (1 - 2 * cycle / remaining)
+def length_exponent(short: float, long: float) -> float:
+    """`gamma` of `d(L) ~ L^-gamma` from the drops after a cycle (`short`) and after one `SPAN` times as long
+    (`long`), within `[0, 1]`: 0 where the longer cycle did not lower the drop, 1 where it removed all of it."""
+    if not (math.isfinite(short) and math.isfinite(long)) or long >= short or short <= 0:
+        return 0.0
+    if long <= 0:
+        return 1.0
+    return min(math.log(short / long) / math.log(SPAN), 1.0)
+
+
+def predicted_drop(drop: float, cycle: int, remaining: float, gamma: float) -> float:
+    """The drop after `remaining` training batches, from the `drop` read after a cycle of `cycle` batches:
+    `drop * (remaining / cycle) ** -gamma` (no lower with no more training than the cycle had)."""
+    if remaining <= cycle:
+        return drop
+    return drop * (remaining / cycle) ** -gamma
+
+
+def predicted_reading(reading: Reading, cycle: int, remaining: float, gamma: float) -> tuple[float, float]:
+    """`reading`'s drop and standard error carried to `remaining` batches by `predicted_drop`."""
+    factor = predicted_drop(1.0, cycle, remaining, gamma)
+    return reading.drop * factor, reading.se * factor
 
 
 def curve(ratio: float, scale: float, alpha: float) -> float:

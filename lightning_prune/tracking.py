@@ -186,24 +186,29 @@ class _TqdmLine:
 
 # -- the level controller -----------------------------------------------------------------------------------
 
-PROBE_COLUMNS = ["probe", "ratio", "macs_removed_pct", "drop_cycle_1", "drop_cycle_2", "se", "predicted_drop"]
-"""Columns of the probes table: each probe's level, its paired drops after one and two cycles, its prediction."""
+PROBE_COLUMNS = ["probe", "ratio", "macs_removed_pct", "cycle_steps", "drop", "se", "gamma", "predicted_drop"]
+"""Columns of the probes table: each probe's level, its paired drops after each cycle, its prediction."""
 
 
 def probe_rows(probes: list[dict[str, Any]]) -> list[list[Any]]:
-    """One row per probe, in `PROBE_COLUMNS` order."""
-    return [
-        [
-            i + 1,
-            round(p["ratio"], 4),
-            round(100 * p["macs_removed"], 2),
-            round(p["readings"][0][0], 3),
-            round(p["readings"][1][0], 3),
-            round(p["se"], 3),
-            round(p["predicted"], 3),
-        ]
-        for i, p in enumerate(probes)
-    ]
+    """One row per cycle of each probe, in `PROBE_COLUMNS` order (the prediction on the probe's last row)."""
+    rows = []
+    for i, p in enumerate(probes):
+        for j, ((drop, se), steps) in enumerate(zip(p["readings"], p["cycles"], strict=True)):
+            last = j + 1 == len(p["cycles"])
+            rows.append(
+                [
+                    i + 1,
+                    round(p["ratio"], 4),
+                    round(100 * p["macs_removed"], 2),
+                    steps,
+                    round(drop, 3),
+                    round(se, 3),
+                    round(p["gamma"], 3),
+                    round(p["predicted"], 3) if last else None,
+                ]
+            )
+    return rows
 
 
 def log_level(trainer: pl.Trainer, probes: list[dict[str, Any]], level: dict[str, Any]) -> None:
@@ -408,17 +413,12 @@ def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
 def print_probes(console: Console, summary: dict[str, Any]) -> None:
     """Why the level: each probe's paired drops and prediction, the level chosen, the drop realised."""
     table = Table(title=f"Level probes (paired drop against the dense network, b = {summary['b']})")
-    for column in ("probe", "filters removed", "MACs removed", "drop, 1 cycle", "drop, 2 cycles", "predicted final"):
+    for column in ("probe", "filters removed", "MACs removed", "training steps", "drop", "predicted final"):
         table.add_column(column, justify="right")
     for row in probe_rows(summary["probes"]):
-        table.add_row(
-            str(row[0]),
-            f"{100 * row[1]:.1f}%",
-            f"{row[2]:.1f}%",
-            f"{row[3]:.2f}",
-            f"{row[4]:.2f} +- {row[5]:.2f}",
-            f"{row[6]:.2f}",
-        )
+        predicted = "" if row[7] is None else f"{row[7]:.2f} (gamma {row[6]:.2f})"
+        cells = [str(row[0]), f"{100 * row[1]:.1f}%", f"{row[2]:.1f}%", str(row[3]), f"{row[4]:.2f} +- {row[5]:.2f}"]
+        table.add_row(*cells, predicted)
     console.print(table)
     level, final = summary["level"], summary["final"]
     console.print(

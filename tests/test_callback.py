@@ -103,7 +103,8 @@ def test_probes_are_undone_and_the_cut_is_the_level_chosen_from_them(probed_run)
     module, callback, before, after, _ = probed_run
     probes, chosen = callback.probes, callback.level
     assert [p["ratio"] for p in probes][0] == level.FIRST_RATIO and len({p["ratio"] for p in probes}) == 3
-    assert all(len(p["readings"]) == 2 and p["cycle"] == 2 for p in probes)
+    assert [p["cycles"] for p in probes] == [[2, 2 * level.SPAN], [2], [2]]
+    assert all(p["gamma"] == probes[0]["gamma"] for p in probes)
     top = level.max_ratio(callback.widths, {n: min_keep_count(0.1, w) for n, w in callback.widths.items()})
     expected = level.choose(probes, 4.0, top)
     assert chosen["ratio"] == pytest.approx(expected["ratio"]) and chosen["predicted"] == expected["predicted"]
@@ -181,6 +182,16 @@ def test_a_generous_b_cuts_every_group_to_its_floor(tmp_path, min_keep):
     top = level.max_ratio(callback.widths, dict(zip(LAYERS["vgg11"], floors, strict=True)))
     assert callback.level["ratio"] == pytest.approx(top)
     assert [h["after"] for h in callback.history] == floors
+
+
+def test_the_same_callback_fits_a_second_module_as_a_new_run(tmp_path):
+    callback = fast_callback(start_epoch=0)
+    first = tiny_classifier()
+    fast_trainer(tmp_path / "a", [callback], max_epochs=1, limit_train_batches=1).fit(first, datamodule=tiny_data())
+    probes = copy.deepcopy(callback.probes)
+    second = tiny_classifier()
+    fast_trainer(tmp_path / "b", [callback], max_epochs=1, limit_train_batches=1).fit(second, datamodule=tiny_data())
+    assert [s[0] for s in steps(second)] == LAYERS["vgg11"] and len(callback.probes) == len(probes) == 2
 
 
 def test_fast_dev_run_prunes_at_epoch_0(tmp_path):

@@ -29,7 +29,7 @@ def test_quickstart_prunes_within_budget(quickstart):
     assert summary is not None, "pruning_summary.json was not written"
     base, final = summary["baseline"], summary["final"]
     outcome = f"summary: {summary}"
-    assert len(summary["probes"]) == 3 and all(len(p["readings"]) == 2 for p in summary["probes"]), outcome
+    assert [len(p["readings"]) for p in summary["probes"]] == [2, 1, 1], outcome
     level = summary["level"]
     assert level["predicted"] + level["margin"] <= summary["b"] + 1e-9 and level["ratio"] > 0, outcome
     assert final["macs"] < base["macs"] and final["params"] < base["params"], outcome

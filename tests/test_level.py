@@ -25,12 +25,18 @@ def test_paired_drop_is_the_mean_difference_with_its_standard_error():
         level.paired_drop([90.0, 91.0], [90.0])
 
 
-def test_predicted_drop_extrapolates_the_two_readings_in_training_length():
-    # d(t) = d_inf + c / t through d(100) = 3 and d(200) = 2: d_inf = 1, c = 200; after 1,600 batches: 1.125
-    assert level.predicted_drop(3.0, 2.0, 100, 1600) == pytest.approx(1.125)
-    assert level.predicted_drop(3.0, 2.0, 100, math.inf) == pytest.approx(1.0)
-    assert level.predicted_drop(3.0, 2.0, 100, 150) == 2.0  # no more training than the probe had
-    assert level.predicted_drop(2.0, 3.0, 100, 1600) == 3.0  # a reading that rose is not extrapolated down
+def test_the_length_exponent_is_how_the_drop_decays_over_the_span():
+    assert level.length_exponent(4.0, 4.0 * level.SPAN**-0.5) == pytest.approx(0.5)
+    assert level.length_exponent(2.0, 2.5) == 0.0  # a longer cycle that did not help: no decay
+    assert level.length_exponent(2.0, -0.1) == 1.0 and level.length_exponent(-0.3, -0.5) == 0.0
+    assert level.length_exponent(4.0, 0.01) == 1.0 and level.length_exponent(math.nan, 1.0) == 0.0
+
+
+def test_predicted_drop_carries_a_reading_to_the_remaining_training():
+    assert level.predicted_drop(3.0, 100, 1600, 0.5) == pytest.approx(0.75)
+    assert level.predicted_drop(3.0, 100, 50, 0.5) == 3.0  # no more training than the probe had
+    assert level.predicted_drop(3.0, 100, math.inf, 0.0) == 3.0
+    assert level.predicted_reading(level.Reading(2.0, 0.4), 100, 400, 0.5) == pytest.approx((1.0, 0.2))
 
 
 def test_fit_curve_recovers_the_curve_through_exact_points():
