@@ -70,13 +70,14 @@ class QuickstartRun:
 
 
 #: The quickstart config on less compute: the same shipped dense network, budget and schedule (the search, three
-#: probes and the cut at epoch 0), over 4 epochs of 20 of the 47 training batches (a probe's cycles 20 batches
-#: each), with a shorter search (two agent updates per layer, BatchNorm re-estimated on one batch).
+#: probes and the cut at epoch 0), over 4 epochs of 20 of the 47 training batches, with probe cycles of 10 batches
+#: and a shorter search (two agent updates per layer, BatchNorm re-estimated on one batch).
 QUICKSTART_OVERRIDES = (
     "--trainer.max_epochs=4",
     "--trainer.limit_train_batches=20",
     "--trainer.callbacks.options.agent_updates=2",
     "--trainer.callbacks.options.calibration_batches=1",
+    "--trainer.callbacks.options.probe_batches=10",
 )
 
 

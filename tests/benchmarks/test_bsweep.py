@@ -10,8 +10,9 @@ from helpers import load_benchmark
 
 from lightning_prune import ImageClassifier, RLOptions
 
-#: A search of a few scored masks per layer: the sweep's RL runs use the callback's defaults, which take minutes.
-FAST = RLOptions(num_samples=2, agent_updates=1, decision_counts=3, reward_batches=1, calibration_batches=1)
+#: A search of a few scored masks per layer and two probes of a batch a cycle: the sweep's RL runs use the
+#: callback's defaults, which take minutes.
+FAST = RLOptions(num_samples=2, agent_updates=1, reward_batches=1, calibration_batches=1, probes=2, probe_batches=1)
 
 
 @pytest.fixture
@@ -40,7 +41,8 @@ def test_sweep_saves_each_run_resumes_and_reports(bsweep, tmp_path) -> None:
     results = json.loads((tmp_path / "sweep.json").read_text())
     assert results["dataset"] == "embedded" and set(results["baseline"]) == {"test_acc", "macs", "params"}
     rl, l1 = results["runs"]
-    assert rl["steps"] and {"search_cpu_s", "fit_s", "fit_cpu_s"} <= set(rl) and "fit_cpu_s" in l1
+    assert rl["probes"] and rl["level"]["ratio"] > 0 and "fit_cpu_s" in l1
+    assert {"search_cpu_s", "probe_cpu_s", "fit_s", "fit_cpu_s"} <= set(rl)
     assert (rl["method"], rl["b"], l1["method"], l1["b"]) == ("rl", 50.0, "l1_uniform", 50.0)
     for run in (rl, l1):
         assert {"test_acc", "macs", "params", "latency_ms", "search_s", "seed"} <= set(run)
@@ -106,9 +108,8 @@ def test_distillation_teaches_every_method_while_it_fine_tunes(bsweep, tmp_path,
 @pytest.mark.parametrize(
     ("flags", "key", "protocol", "value", "bad"),
     [
-        # the unpruned network fine-tunes before the first step; the last epoch of --finetune-epochs 8 is 7
+        # the unpruned network fine-tunes before it is pruned; the last epoch of --finetune-epochs 8 is 7
         (["--start-epoch", "1"], "start_epoch", "start_epoch", 1, [["--start-epoch", "-1"], ["--start-epoch", "8"]]),
-        (["--epochs-per-step", "2"], "finetune_epochs", "epochs_per_step", 2, []),
         (["--min-keep", "4"], "min_keep", "min_keep", 4, [["--min-keep", "0"], ["--min-keep", "1.5"]]),
         (["--min-keep", "0.25"], "min_keep", "min_keep", 0.25, [["--min-keep", "x"]]),
     ],
@@ -134,13 +135,13 @@ def test_frontier_reads_the_most_macs_a_uniform_ratio_removes_within_b(bsweep) -
     def run(method: str, b: float | None, acc: float, macs: int, **extra) -> dict:
         return {"method": method, "b": b, "seed": 0, "test_acc": acc, "macs": macs, **extra}
 
-    timing = {"search_s": 100.0, "search_cpu_s": 100.0, "fit_s": 400.0, "fit_cpu_s": 400.0}
+    timing = {"search_s": 100.0, "search_cpu_s": 60.0, "probe_cpu_s": 40.0, "fit_s": 400.0, "fit_cpu_s": 400.0}
     results = {
         "baseline": {"test_acc": 93.0, "macs": 100},
         "runs": [
-            run("l1_uniform", None, 92.8, 70, macs_target=0.3, fit_s=300.0),
-            run("l1_uniform", None, 92.0, 50, macs_target=0.5, fit_s=300.0),
-            run("l1_uniform", None, 90.0, 30, macs_target=0.7, fit_s=300.0),
+            run("l1_uniform", None, 92.8, 70, macs_target=0.3, fit_cpu_s=300.0),
+            run("l1_uniform", None, 92.0, 50, macs_target=0.5, fit_cpu_s=300.0),
+            run("l1_uniform", None, 90.0, 30, macs_target=0.7, fit_cpu_s=300.0),
             run("rl", 1.0, 92.5, 55, **timing),
         ],
     }  # fmt: skip
@@ -151,7 +152,9 @@ def test_frontier_reads_the_most_macs_a_uniform_ratio_removes_within_b(bsweep) -
     assert bsweep.frontier_at(line, 0.1) is None and bsweep.frontier_at(line, 5.0) == pytest.approx(70.0)
     (row,) = bsweep.budget_rows(results)
     assert row["macs_removed"] == pytest.approx(45.0) and row["frontier_macs_removed"] == pytest.approx(50.0)
-    assert row["search_share"] == pytest.approx(100 / 300) and row["frontier_wall_s"] == 300.0
+    assert (row["search_cpu_s"], row["probe_cpu_s"], row["fit_cpu_s"], row["frontier_cpu_s"]) == (60, 40, 400, 300)
+    assert row["drop"] == row["worst_drop"] == pytest.approx(0.5)
+    assert "| 1.0 | 0 | 45.0 | 50.0 | 0.50 (0.50) |  | 60 / 40 / 400 | 300 | 1.33 |" in bsweep.frontier_table(results)
 
 
 def test_margins_pair_each_rl_run_with_the_methods_run_at_its_b_and_seed(bsweep) -> None:
