@@ -243,8 +243,8 @@ class RLPruneCallback(PruningCallback):
         remaining: float,
     ) -> dict[str, Any]:
         """Cut to `ratio`, train a decaying cycle from the cut (the first probe also one `level.SPAN` times as
-        long, which measures how the drop decays with training), read the paired drop after each; then undo it
-        all and predict the drop after `remaining` batches."""
+        long, which measures how much of the drop training recovers), read the paired drop after each; then undo
+        it all and predict the drop after `remaining` batches."""
         lengths = [cycle] if self.probes else [cycle, level.SPAN * cycle]
         snapshot = TrainingSnapshot(trainer, pl_module)
         readings = []
@@ -259,14 +259,15 @@ class RLPruneCallback(PruningCallback):
                     cut.restore(trainer)
         finally:
             snapshot.restore(trainer)
-        gamma = self.probes[0]["gamma"] if self.probes else level.length_exponent(*(r.drop for r in readings))
-        predicted, se = level.predicted_reading(readings[-1], lengths[-1], remaining, gamma)
+        first = self.probes[0]["readings"] if self.probes else [[r.drop, r.se] for r in readings]
+        share = level.recovery(first[0][0], first[1][0], cycle, remaining)
+        predicted, se = level.predicted_reading(readings[0], share)
         probe = {
             "ratio": ratio,
             "macs_removed": macs_removed,
             "cycles": lengths,
             "readings": [[r.drop, r.se] for r in readings],
-            "gamma": gamma,
+            "recovery": share,
             "predicted": predicted,
             "se": se,
         }
@@ -279,7 +280,7 @@ class RLPruneCallback(PruningCallback):
         drops = " then ".join(f"{r.drop:.2f} +- {r.se:.2f} ({n} steps)" for r, n in zip(readings, lengths, strict=True))
         self.info(
             f"probe {len(self.probes) + 1}/{self.options.probes}: {100 * macs_removed:.1f}% of the MACs, drop "
-            f"{drops}, predicted final {predicted:.2f} (gamma {gamma:.2f})"
+            f"{drops}, predicted final {predicted:.2f} (recovery {share:.2f})"
         )
         return probe
 

@@ -4,15 +4,15 @@ Filters go in one fixed order (each group's filters by its agent's learned keep 
 first), so the pruned network at any level is a prefix of that order, and one number chooses it: the ratio `r`
 of every group's filters removed (a group never below its `min_keep`).
 
-The drop a level costs is measured, not forecast, on few well-powered probes. A probe cuts the network to a
-ratio, trains it for one cycle whose learning rate decays to 0, and reads its drop paired with the dense network
-on the same held-out images (`paired_drop`). Fine-tuning keeps shrinking the drop with the length `L` of such a
-cycle, as `d(L) ~ L^-gamma`: the first probe also trains a cycle `SPAN` times as long from the same cut, and the
-two readings measure `gamma` (`length_exponent`), which carries every probe's drop to the length of the run's
-remaining training (`predicted_drop`). Through the probes' predictions runs the curve
-`D(r) = A * ((1 - r) ** -alpha - 1)` (`fit_curve`): each probe is placed where the curve of the probes so far
-reaches `b` (`next_ratio`), and the level chosen is the largest ratio whose predicted drop plus a margin of half
-a standard error stays within `b` (`choose`), never far beyond the most pruned probe.
+The drop a level costs is measured, not forecast, on few well-powered probes. A probe cuts the network to a ratio,
+trains it for one cycle whose learning rate decays to 0, and reads its drop paired with the dense network on the
+same held-out images (`paired_drop`). Fine-tuning shrinks the drop with the length `L` of such a cycle, toward a
+floor, as `d(L) = d_inf + c / L`: the first probe also trains a cycle `SPAN` times as long from the same cut, and
+its two readings give the share of a one-cycle drop left after the run's remaining training (`recovery`), which
+carries every probe's one-cycle drop to the end of the run (`predicted_reading`). Through the probes' predictions
+runs the curve `D(r) = A * ((1 - r) ** -alpha - 1)` (`fit_curve`): each probe is placed where the curve of the
+probes so far reaches `b` (`next_ratio`), and the level chosen is the largest ratio whose predicted drop plus a
+margin of half a standard error stays within `b` (`choose`), never far beyond the most pruned probe.
 
 Pure functions of ratios, scores and counts, tested without a Trainer.
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 #: The first probe's ratio, before any measurement.
 FIRST_RATIO = 0.5
-#: How many times longer the first probe's second cycle is than its first: the span `gamma` is measured over.
+#: How many times longer the first probe's second cycle is than its first: the span recovery is measured over.
 SPAN = 4
 #: The curve's exponent before two probes can fit it.
 PRIOR_ALPHA = 2.0
@@ -60,28 +60,20 @@ def paired_drop(dense: Sequence[float], pruned: Sequence[float]) -> Reading:
     return Reading(mean, math.sqrt(var / len(diffs)))
 
 
-def length_exponent(short: float, long: float) -> float:
-    """`gamma` of `d(L) ~ L^-gamma` from the drops after a cycle (`short`) and after one `SPAN` times as long
-    (`long`), within `[0, 1]`: 0 where the longer cycle did not lower the drop, 1 where it removed all of it."""
-    if not (math.isfinite(short) and math.isfinite(long)) or long >= short or short <= 0:
-        return 0.0
-    if long <= 0:
+def recovery(short: float, long: float, cycle: int, remaining: float) -> float:
+    """The share of a one-cycle drop left after `remaining` training batches, from the drops after a cycle of
+    `cycle` batches (`short`) and after one `SPAN` times as long (`long`), with `d(L) = d_inf + c / L` and
+    `c >= 0`; within `[0, 1]`, and 1 where the short cycle measured no drop (nothing to carry)."""
+    if not (math.isfinite(short) and math.isfinite(long)) or short <= 0:
         return 1.0
-    return min(math.log(short / long) / math.log(SPAN), 1.0)
+    per_cycle = max(short - long, 0.0) * SPAN / (SPAN - 1)  # c / cycle
+    end = short - per_cycle * (1 - cycle / max(remaining, cycle))
+    return min(max(end / short, 0.0), 1.0)
 
 
-def predicted_drop(drop: float, cycle: int, remaining: float, gamma: float) -> float:
-    """The drop after `remaining` training batches, from the `drop` read after a cycle of `cycle` batches:
-    `drop * (remaining / cycle) ** -gamma` (no lower with no more training than the cycle had)."""
-    if remaining <= cycle:
-        return drop
-    return drop * (remaining / cycle) ** -gamma
-
-
-def predicted_reading(reading: Reading, cycle: int, remaining: float, gamma: float) -> tuple[float, float]:
-    """`reading`'s drop and standard error carried to `remaining` batches by `predicted_drop`."""
-    factor = predicted_drop(1.0, cycle, remaining, gamma)
-    return reading.drop * factor, reading.se * factor
+def predicted_reading(reading: Reading, share: float) -> tuple[float, float]:
+    """A one-cycle `reading`'s drop and standard error after the run, `share` (`recovery`) of them left."""
+    return reading.drop * share, reading.se * share
 
 
 def curve(ratio: float, scale: float, alpha: float) -> float:

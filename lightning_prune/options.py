@@ -1,12 +1,12 @@
 """The settings a user rarely changes, grouped so that the callbacks' constructors stay short.
 
-`RLPruneCallback(b=1.0, options=RLOptions(agent_updates=5))`, or in a LightningCLI config::
+`RLPruneCallback(b=1.0, options=RLOptions(probe_batches=200))`, or in a LightningCLI config::
 
     - class_path: lightning_prune.RLPruneCallback
       init_args:
         b: 1.0
         options:
-          agent_updates: 5
+          probe_batches: 200
 
 Every field is validated by the callback it is passed to, when that callback is constructed.
 """
@@ -47,7 +47,7 @@ class RLOptions(ScoringOptions):
 
     Args:
         num_samples: masks sampled per agent update (K).
-        agent_updates: policy-gradient updates per layer and step.
+        agent_updates: policy-gradient updates per layer.
         reward: "huang" (logarithmic efficiency term) or "yang" (linear, N / kept).
         agent_lr: Adam learning rate of the agents.
         entropy_coef: entropy bonus weight in the agents' loss.
@@ -66,7 +66,7 @@ class RLOptions(ScoringOptions):
     """
 
     num_samples: int = 8
-    agent_updates: int = 5
+    agent_updates: int = 3
     reward: Literal["huang", "yang"] = "huang"
     agent_lr: float = 0.01
     entropy_coef: float = 0.0

@@ -186,16 +186,17 @@ class _TqdmLine:
 
 # -- the level controller -----------------------------------------------------------------------------------
 
-PROBE_COLUMNS = ["probe", "ratio", "macs_removed_pct", "cycle_steps", "drop", "se", "gamma", "predicted_drop"]
+PROBE_COLUMNS = ["probe", "ratio", "macs_removed_pct", "cycle_steps", "drop", "se", "recovery", "predicted_drop"]
 """Columns of the probes table: each probe's level, its paired drops after each cycle, its prediction."""
 
 
 def probe_rows(probes: list[dict[str, Any]]) -> list[list[Any]]:
-    """One row per cycle of each probe, in `PROBE_COLUMNS` order (the prediction on the probe's last row)."""
+    """One row per cycle of each probe, in `PROBE_COLUMNS` order (the prediction on the probe's first row: the
+    one-cycle drop carried to the end of the run)."""
     rows = []
     for i, p in enumerate(probes):
         for j, ((drop, se), steps) in enumerate(zip(p["readings"], p["cycles"], strict=True)):
-            last = j + 1 == len(p["cycles"])
+            first = j == 0
             rows.append(
                 [
                     i + 1,
@@ -204,8 +205,8 @@ def probe_rows(probes: list[dict[str, Any]]) -> list[list[Any]]:
                     steps,
                     round(drop, 3),
                     round(se, 3),
-                    round(p["gamma"], 3),
-                    round(p["predicted"], 3) if last else None,
+                    round(p["recovery"], 3),
+                    round(p["predicted"], 3) if first else None,
                 ]
             )
     return rows
@@ -416,7 +417,7 @@ def print_probes(console: Console, summary: dict[str, Any]) -> None:
     for column in ("probe", "filters removed", "MACs removed", "training steps", "drop", "predicted final"):
         table.add_column(column, justify="right")
     for row in probe_rows(summary["probes"]):
-        predicted = "" if row[7] is None else f"{row[7]:.2f} (gamma {row[6]:.2f})"
+        predicted = "" if row[7] is None else f"{row[7]:.2f} (x {row[6]:.2f})"
         cells = [str(row[0]), f"{100 * row[1]:.1f}%", f"{row[2]:.1f}%", str(row[3]), f"{row[4]:.2f} +- {row[5]:.2f}"]
         table.add_row(*cells, predicted)
     console.print(table)

@@ -104,7 +104,8 @@ def test_probes_are_undone_and_the_cut_is_the_level_chosen_from_them(probed_run)
     probes, chosen = callback.probes, callback.level
     assert [p["ratio"] for p in probes][0] == level.FIRST_RATIO and len({p["ratio"] for p in probes}) == 3
     assert [p["cycles"] for p in probes] == [[2, 2 * level.SPAN], [2], [2]]
-    assert all(p["gamma"] == probes[0]["gamma"] for p in probes)
+    share = level.recovery(probes[0]["readings"][0][0], probes[0]["readings"][1][0], 2, 3 * 2)
+    assert all(p["recovery"] == share and p["predicted"] == p["readings"][0][0] * share for p in probes)
     top = level.max_ratio(callback.widths, {n: min_keep_count(0.1, w) for n, w in callback.widths.items()})
     expected = level.choose(probes, 4.0, top)
     assert chosen["ratio"] == pytest.approx(expected["ratio"]) and chosen["predicted"] == expected["predicted"]

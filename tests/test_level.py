@@ -25,18 +25,16 @@ def test_paired_drop_is_the_mean_difference_with_its_standard_error():
         level.paired_drop([90.0, 91.0], [90.0])
 
 
-def test_the_length_exponent_is_how_the_drop_decays_over_the_span():
-    assert level.length_exponent(4.0, 4.0 * level.SPAN**-0.5) == pytest.approx(0.5)
-    assert level.length_exponent(2.0, 2.5) == 0.0  # a longer cycle that did not help: no decay
-    assert level.length_exponent(2.0, -0.1) == 1.0 and level.length_exponent(-0.3, -0.5) == 0.0
-    assert level.length_exponent(4.0, 0.01) == 1.0 and level.length_exponent(math.nan, 1.0) == 0.0
-
-
-def test_predicted_drop_carries_a_reading_to_the_remaining_training():
-    assert level.predicted_drop(3.0, 100, 1600, 0.5) == pytest.approx(0.75)
-    assert level.predicted_drop(3.0, 100, 50, 0.5) == 3.0  # no more training than the probe had
-    assert level.predicted_drop(3.0, 100, math.inf, 0.0) == 3.0
-    assert level.predicted_reading(level.Reading(2.0, 0.4), 100, 400, 0.5) == pytest.approx((1.0, 0.2))
+def test_recovery_is_the_share_of_a_one_cycle_drop_left_after_the_run():
+    # d(L) = 1 + 300 / L through d(100) = 4 and d(400) = 1.75: after 1,600 batches d = 1.1875
+    assert level.SPAN == 4
+    assert level.recovery(4.0, 1.75, 100, 1600) == pytest.approx(1.1875 / 4)
+    assert level.recovery(4.0, 1.75, 100, math.inf) == pytest.approx(0.25)  # the floor alone
+    assert level.recovery(4.0, 1.75, 100, 100) == 1.0  # no more training than the cycle had
+    assert level.recovery(2.0, 2.5, 100, 1600) == 1.0  # a longer cycle that did not help: nothing recovered
+    assert level.recovery(4.0, -2.0, 100, math.inf) == 0.0  # never below nothing left
+    assert level.recovery(-0.3, -0.5, 100, 1600) == 1.0 and level.recovery(math.nan, 1.0, 100, 1600) == 1.0
+    assert level.predicted_reading(level.Reading(2.0, 0.4), 0.5) == pytest.approx((1.0, 0.2))
 
 
 def test_fit_curve_recovers_the_curve_through_exact_points():
