@@ -153,10 +153,10 @@ def ddp_run(root: Path, namespace: str) -> None:
 
 
 def ddp_own_data_run(root: Path, namespace: str) -> None:
-    """`ddp_run` of the module that builds its data in its own `setup`, with `DistributionPruneCallback`."""
+    """`ddp_run` of the module that builds its data in its own `setup`, with `RLPruneCallback`."""
     NAMESPACES[namespace].seed_everything(0)
     module = OWN_DATA[namespace]()
-    run = trainer(namespace, root, [callback("distribution")], strategy="ddp", devices=2, use_distributed_sampler=False)
+    run = trainer(namespace, root, [callback("rl")], strategy="ddp", devices=2, use_distributed_sampler=False)
     run.fit(module)
     shapes = {name: module.get_submodule(name).out_channels for name in LAYERS}
     (root / f"rank{run.global_rank}.json").write_text(json.dumps({"shapes": shapes}))
