@@ -23,11 +23,16 @@ from lightning_prune.plan import PLAN_KEY, PruningPlan, network_of
 
 
 def _callback_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """RLPruneCallback's saved state: the callback entry with a pruning history."""
+    """A pruning callback's saved state: the callback entry with a pruning history."""
     for state in (checkpoint.get("callbacks") or {}).values():
         if isinstance(state, dict) and {"groups", "history", "baseline"} <= set(state):
             return state
     return None
+
+
+def _layers_done(history: list[dict[str, Any]]) -> set[str]:
+    """The groups a history records: RLPruneCallback's by name, DistributionPruneCallback's by what it removed."""
+    return {r["name"] for r in history if "name" in r} | {n for r in history for n in r.get("removed", {})}
 
 
 def _unpruned(module: nn.Module) -> nn.Module:
@@ -61,7 +66,8 @@ def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifie
     pruned = load_pruned(path, model_class)
     unpruned = _unpruned(pruned)
     network_before, network_after = network_of(unpruned), network_of(pruned)
-    searched = {r["name"]: r for r in callback["history"]} if callback else {}
+    history = callback["history"] if callback else []
+    searched = {r["name"]: r for r in history if "name" in r}  # RLPruneCallback: a record per group
     names = list(dict.fromkeys([*searched, *plan.layers]))
     layers = []
     for name in names:
@@ -89,7 +95,7 @@ def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifie
     search = None
     if callback is not None:
         search = {
-            "layers_done": len({record["name"] for record in callback["history"]}),
+            "layers_done": len(_layers_done(history)),
             "layers_total": len(callback["groups"]),
             "baseline_val_acc": (callback["baseline"] or {}).get("val_acc"),
         }

@@ -43,6 +43,24 @@ def test_report_of_callback_checkpoint_matches_run_summary(callback_run, capsys)
     }
 
 
+def test_report_of_a_distribution_checkpoint(tmp_path):
+    from helpers import fast_trainer, tiny_classifier, tiny_data
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from lightning_prune import DistributionOptions, DistributionPruneCallback
+
+    options = DistributionOptions(num_samples=2, updates=1, elite_size=1, reward_batches=1, calibration_batches=1)
+    prune = DistributionPruneCallback(target=0.3, step_size=0.3, start_epoch=0, finetune_epochs=1, options=options)
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
+    fast_trainer(tmp_path, [prune, saving], enable_checkpointing=True, max_epochs=2, limit_train_batches=1).fit(
+        tiny_classifier(), datamodule=tiny_data()
+    )
+    data = build_report(tmp_path / "ckpt" / "last.ckpt")
+    removed = {n for r in prune.history for n, count in r["removed"].items() if count}
+    assert {layer["name"] for layer in data["layers"]} >= removed and data["macs"]["after"] < data["macs"]["before"]
+    assert data["search"]["layers_done"] == len({n for r in prune.history for n in r["removed"]})
+
+
 def test_report_prints_table(callback_run, capsys):
     _, checkpoint, _ = callback_run
     assert main(["report", str(checkpoint)]) == 0
