@@ -32,12 +32,13 @@ class RLPruneCallback(PruningCallback):
        updated by REINFORCE with the reward `(1 - max(p* - p, 0) / b) * log(N / kept)` (Huang et al., 2018;
        "yang": `N / kept`). Its keep probabilities order the group's filters, least likely first: the network at
        any level is a prefix of these orders, every group losing the same fraction of its filters.
-    2. **How much.** `options.probes` probes each cut the network to a level, train it for two cycles of
-       `options.probe_batches` training steps whose learning rate decays to 0, and read the drop after each,
-       paired with the unpruned network on the same held-out validation images (those after the reward batches:
-       `options.check_batches`). The two readings predict the drop after the run's remaining training; a curve
-       through the probes chooses the largest level whose predicted drop, plus half a standard error, is within
-       `b` (`lightning_prune.level`). Each probe's training is undone before the next.
+    2. **How much.** `options.probes` probes each cut the network to a level, train it for a cycle of
+       `options.probe_batches` training steps whose learning rate decays to 0, and read the drop paired with the
+       unpruned network on the same held-out validation images (those after the reward batches:
+       `options.check_batches`). The first probe also trains a cycle four times as long from its cut: its two
+       readings tell how much of a one-cycle drop the run's remaining training recovers, which carries every
+       probe to the end of the run. A curve through the probes chooses the largest level whose predicted drop,
+       plus half a standard error, is within `b` (`lightning_prune.level`). Each probe is undone before the next.
     3. The network is cut to that level, and the rest of the run fine-tunes it. The summary shows every probe,
        the chosen level with its predicted drop, and the drop realised at the end on the same images.
 

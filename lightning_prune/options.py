@@ -55,9 +55,9 @@ class RLOptions(ScoringOptions):
         l1_prior: weight of the filters' standardised L1 norms in the agents' keep logits (0: the ranking is
             learned from the rewards alone; > 0: the agent starts from the L1 ranking and its updates learn where
             to depart from it).
-        probes: levels the controller measures before it chooses one (each a cut, two training cycles and two
-            held-out readings, undone afterwards).
-        probe_batches: training steps of each of a probe's two cycles (None: one epoch's training batches).
+        probes: levels the controller measures before it chooses one (each a cut, a training cycle and a held-out
+            reading, the first also a cycle four times as long; undone afterwards).
+        probe_batches: training steps of a probe's cycle (None: one epoch's training batches).
         check_batches: validation batches, after the reward batches, on which the probes' and the final drop
             are measured against the unpruned network (None: all the rest of the validation split). The search
             never scores them.
