@@ -55,7 +55,7 @@ def test_user_module_is_pruned_keeps_training_and_reloads_in_a_fresh_process(tmp
     module = CLASSES[namespace]()
     before = macs(module)
     snapshot = Snapshot(epoch=1)
-    run = trainer(namespace, tmp_path, [callback(kind), snapshot], precision="bf16-mixed" if kind == "rl" else None)
+    run = trainer(namespace, tmp_path, [callback(kind), snapshot])  # bf16: tests/test_precision.py
     run.fit(module, *loaders())
     assert macs(module) < before
     assert outputs(module).shape == (2, 10)
