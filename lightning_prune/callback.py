@@ -391,11 +391,11 @@ class RLPruneCallback(PruningCallback):
         if self.baseline is None or self.dense is None:
             return None
         scores = self._batch_scores(trainer, pl_module, self._check_batches(trainer, pl_module))
-        realised = level.paired_drop(self.dense, scores)
+        realised, check = level.paired_drop(self.dense, scores), sum(scores) / len(scores)
         final = {
             **self.cost(pl_module),
-            "val_acc": self.final_score(trainer, pl_module),
-            "check": sum(scores) / len(scores),
+            "val_acc": self.monitored(trainer) if self.monitor is not None else check,
+            "check": check,
             "drop": realised.drop,
             "se": realised.se,
         }
@@ -408,12 +408,6 @@ class RLPruneCallback(PruningCallback):
             "probes": self.probes,
             "level": self.level,
         }
-
-    def final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
-        if self.monitor is not None:
-            return self.monitored(trainer)
-        scores = self._batch_scores(trainer, pl_module, self._check_batches(trainer, pl_module))
-        return sum(scores) / len(scores)
 
     # -- resumable state -------------------------------------------------------------------------------------
 
