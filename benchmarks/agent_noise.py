@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lightning_prune import ImageClassifier
-from lightning_prune.policy import LayerSearch, l1_prior
+from lightning_prune.search.agents import LayerSearch, l1_prior
 
 
 def rank_corr(a: torch.Tensor, b: torch.Tensor) -> float:

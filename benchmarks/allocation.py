@@ -41,10 +41,11 @@ import pytorch_lightning as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bsweep  # noqa: E402
 
-from lightning_prune import ImageClassifier, scoring, surgery  # noqa: E402
-from lightning_prune.distribution import CRITERIA, Criterion, filter_scores, removed_filters  # noqa: E402
-from lightning_prune.measure import model_cost  # noqa: E402
-from lightning_prune.scoring import Batch  # noqa: E402
+from lightning_prune import ImageClassifier  # noqa: E402
+from lightning_prune.engine import scoring, surgery  # noqa: E402
+from lightning_prune.engine.cost import model_cost  # noqa: E402
+from lightning_prune.engine.scoring import Batch  # noqa: E402
+from lightning_prune.search.distribution import CRITERIA, Criterion, filter_scores, removed_filters  # noqa: E402
 
 
 def cut_to_counts(

@@ -15,8 +15,9 @@ import json
 
 import torch
 
-from lightning_prune import ImageClassifier, scoring, surgery
-from lightning_prune.data import FashionMNISTDataModule
+from lightning_prune import ImageClassifier
+from lightning_prune.engine import scoring, surgery
+from lightning_prune.zoo.data import FashionMNISTDataModule
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ steps. `--macs-targets` runs the methods at given MACs reductions without an RL 
 `--methods l1_uniform` that is the L1-uniform frontier the report reads RL against (the MACs a uniform ratio removes
 at a drop <= b, interpolated). With `--distill-weight`, the baseline teaches every method's network while it fine-
 tunes. The reward uses the validation split held out from the training data; the reported accuracy is the final
-epoch's test accuracy; params and MACs come from one counter (`lightning_prune.measure.model_cost`); every run records
+epoch's test accuracy; params and MACs come from one counter (`engine.cost.model_cost`); every run records
 its seed, search time and fit wall time.
 
 Each finished run is written to the results JSON as it completes and skipped on a rerun, so a sweep can span
@@ -41,16 +41,17 @@ import pytorch_lightning as pl
 import torch
 import torch_pruning as tp
 
-from lightning_prune import DistributionPruneCallback, ImageClassifier, RLPruneCallback, surgery
-from lightning_prune.data import (
+from lightning_prune import DistributionPruneCallback, ImageClassifier, RLPruneCallback
+from lightning_prune.callbacks.distillation import Distiller
+from lightning_prune.engine import surgery
+from lightning_prune.engine.cost import latency_ms, model_cost
+from lightning_prune.search.agents import is_min_keep
+from lightning_prune.zoo.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     EmbeddedFashionMNISTDataModule,
     FashionMNISTDataModule,
 )
-from lightning_prune.distill import Distiller
-from lightning_prune.measure import latency_ms, model_cost
-from lightning_prune.policy import is_min_keep
 
 RULE_BASED = ("l1_uniform", "random", "magnitude_global")
 MATCHED = (*RULE_BASED, "distribution")

@@ -15,7 +15,8 @@ import time
 import torch
 import torchvision
 
-from lightning_prune import ImageClassifier, surgery
+from lightning_prune import ImageClassifier
+from lightning_prune.engine import surgery
 
 
 def dry_run_seconds(model: torch.nn.Module, shape: list[int]) -> dict[str, float]:

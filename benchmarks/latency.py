@@ -24,9 +24,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_prune.measure import latency_ms, model_cost
-from lightning_prune.models import build_model
-from lightning_prune.module import ImageClassifier
+from lightning_prune.engine.cost import latency_ms, model_cost
+from lightning_prune.zoo.models import build_model
+from lightning_prune.zoo.module import ImageClassifier
 
 
 def from_checkpoint(path: str) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:

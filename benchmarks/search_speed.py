@@ -37,10 +37,10 @@ from statistics import median
 import torch
 from torch import nn
 
-from lightning_prune import surgery
-from lightning_prune.models import build_model
-from lightning_prune.policy import LayerSearch, min_keep_count
-from lightning_prune.scoring import CandidateScorer, split_before
+from lightning_prune.engine import surgery
+from lightning_prune.engine.scoring import CandidateScorer, split_before
+from lightning_prune.search.agents import LayerSearch, min_keep_count
+from lightning_prune.zoo.models import build_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -27,8 +27,9 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_prune import RLOptions, RLPruneCallback, load_module, surgery
-from lightning_prune.measure import model_cost
+from lightning_prune import RLOptions, RLPruneCallback, load_module
+from lightning_prune.engine import surgery
+from lightning_prune.engine.cost import model_cost
 
 #: Models that need a larger input or a constructor argument to run at a small size.
 _SIZES = {"inception_v3": 96, "maxvit_t": 224, "vit_h_14": 56}

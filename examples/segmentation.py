@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from lightning_prune import RLOptions, RLPruneCallback, load_module
-from lightning_prune.data.embedded import load_embedded_arrays
-from lightning_prune.data.fashion_mnist import load_fashion_mnist
-from lightning_prune.measure import model_cost
+from lightning_prune.engine.cost import model_cost
+from lightning_prune.zoo.data.embedded import load_embedded_arrays
+from lightning_prune.zoo.data.fashion_mnist import load_fashion_mnist
 
 NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
 #: The full Fashion-MNIST IDX files, as laid out next to the repository (`../shared/data/fashion-mnist`).

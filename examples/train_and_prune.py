@@ -12,8 +12,8 @@ import pytorch_lightning as pl
 
 import lightning_prune
 from lightning_prune import ImageClassifier, RLPruneCallback
-from lightning_prune.data import EmbeddedFashionMNISTDataModule
-from lightning_prune.export import export_model
+from lightning_prune.io.export import export_model
+from lightning_prune.zoo.data import EmbeddedFashionMNISTDataModule
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
 """lightning-prune: learned filter pruning for PyTorch Lightning that physically shrinks the model."""
 
-from lightning_prune.callback import RLPruneCallback
-from lightning_prune.distill import DistillationCallback
-from lightning_prune.distribution_callback import DistributionPruneCallback
-from lightning_prune.module import ImageClassifier
-from lightning_prune.options import DistributionOptions, RLOptions, ScoringOptions
-from lightning_prune.plan import Prunable, load_module
+from lightning_prune.callbacks.distillation import DistillationCallback
+from lightning_prune.callbacks.distribution import DistributionPruneCallback
+from lightning_prune.callbacks.options import DistributionOptions, RLOptions, ScoringOptions
+from lightning_prune.callbacks.rl import RLPruneCallback
+from lightning_prune.engine.plan import Prunable, load_module
+from lightning_prune.zoo.module import ImageClassifier
 
 __all__ = [
     "DistillationCallback",

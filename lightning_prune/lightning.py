@@ -1,13 +1,13 @@
 """The ready-made classes for users of `import lightning as L`: `ImageClassifier` on `lightning.LightningModule`, and
-the datamodules of `lightning_prune.data` as `lightning.LightningDataModule`s (a `lightning.Trainer` rejects a
+the datamodules of `lightning_prune.zoo.data` as `lightning.LightningDataModule`s (a `lightning.Trainer` rejects a
 `pytorch_lightning` datamodule with "ValueError: Expected a parent")."""
 
 from __future__ import annotations
 
 import lightning as L
 
-from lightning_prune import data
-from lightning_prune.module import ImageClassifierBase
+from lightning_prune.zoo import data
+from lightning_prune.zoo.module import ImageClassifierBase
 
 
 class ImageClassifier(ImageClassifierBase, L.LightningModule):
@@ -15,7 +15,7 @@ class ImageClassifier(ImageClassifierBase, L.LightningModule):
 
 
 def _on_lightning(cls: type) -> type:
-    """`cls`, a datamodule of `lightning_prune.data`, that is also a `lightning.LightningDataModule`."""
+    """`cls`, a datamodule of `lightning_prune.zoo.data`, that is also a `lightning.LightningDataModule`."""
     namespace = {"__module__": __name__, "__qualname__": cls.__name__, "__doc__": cls.__doc__}
     return type(cls.__name__, (cls, L.LightningDataModule), namespace)
 

@@ -1,4 +1,4 @@
-"""Regenerate ``lightning_prune/data/assets/fashion_mnist_small.npz`` from the Fashion-MNIST IDX files.
+"""Regenerate ``lightning_prune/zoo/data/assets/fashion_mnist_small.npz`` from the Fashion-MNIST IDX files.
 
 Deterministic: the first ``--train-per-class`` images of every class of the official training set and the
 first ``--test-per-class`` of every class of the official test set, kept in official order.
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from lightning_prune.data.fashion_mnist import load_fashion_mnist  # noqa: E402
+from lightning_prune.zoo.data.fashion_mnist import load_fashion_mnist  # noqa: E402
 
 DEFAULT_OUT = REPO / "lightning_prune" / "data" / "assets" / "fashion_mnist_small.npz"
 

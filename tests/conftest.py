@@ -16,7 +16,7 @@ from filelock import FileLock
 from helpers import one_thread
 
 from lightning_prune import ImageClassifier
-from lightning_prune.data import EmbeddedFashionMNISTDataModule
+from lightning_prune.zoo.data import EmbeddedFashionMNISTDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,14 +38,14 @@ def _one_thread():
 
 
 def _run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m lightning_prune.cli ARGS` from the repository root with the package importable."""
+    """`python -m lightning_prune.io.cli ARGS` from the repository root with the package importable."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "OMP_NUM_THREADS": "1",  # one torch thread, like the test process (and no oversubscription under xdist)
     }
     return subprocess.run(
-        [sys.executable, "-m", "lightning_prune.cli", *args],
+        [sys.executable, "-m", "lightning_prune.io.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

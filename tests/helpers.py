@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 
 from lightning_prune import ImageClassifier, RLOptions, RLPruneCallback
-from lightning_prune.data import EmbeddedFashionMNISTDataModule
+from lightning_prune.zoo.data import EmbeddedFashionMNISTDataModule
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

@@ -12,7 +12,7 @@ import torch
 from helpers import fast_callback, fast_trainer, steps, tiny_data
 
 from lightning_prune import DistributionPruneCallback, ImageClassifier, load_module
-from lightning_prune.report import build_report
+from lightning_prune.io.report import build_report
 
 FIXTURES = Path(__file__).with_name("fixtures")
 KINDS = ["rl", "distribution"]

@@ -6,9 +6,10 @@ import lightning as L
 import pytest
 from helpers import FAST_TRAINER, LAYERS
 
-from lightning_prune import DistributionOptions, DistributionPruneCallback, data
+from lightning_prune import DistributionOptions, DistributionPruneCallback
 from lightning_prune import lightning as on_lightning
 from lightning_prune.lightning import EmbeddedFashionMNISTDataModule, ImageClassifier
+from lightning_prune.zoo import data
 
 
 @pytest.mark.parametrize("name", ["CIFAR10DataModule", "CIFAR100DataModule", "FashionMNISTDataModule"])

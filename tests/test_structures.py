@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 from torchvision.models.convnext import CNBlock, LayerNorm2d
 
-from lightning_prune import surgery
+from lightning_prune.engine import surgery
 
 SIZE = 32
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryAccuracy
 from user_modules import CLASSES, LAYERS, OWN_DATA, callback, loaders, macs, outputs, trainer
 
-from lightning_prune.plan import plan_of
+from lightning_prune.engine.plan import plan_of
 
 SCRIPT = Path(user_modules.__file__)
 

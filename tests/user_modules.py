@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_prune import DistributionOptions, DistributionPruneCallback, RLOptions, RLPruneCallback, load_module
-from lightning_prune.measure import model_cost
+from lightning_prune.engine.cost import model_cost
 
 #: Two coupled groups of resnet18: the stem with stage 1's residual stream, then a block's inner conv.
 LAYERS = ["backbone.conv1", "backbone.layer2.0.conv1"]

@@ -1,0 +1,441 @@
+"""`RLPruneCallback`: filters removed in the order agents learn, to the level the accuracy budget affords."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from lightning_prune.callbacks.base import PruningCallback, _is_int
+from lightning_prune.callbacks.options import RLOptions
+from lightning_prune.engine import plan, scoring, surgery
+from lightning_prune.engine.cycle import train_cycle
+from lightning_prune.engine.metric import MetricSpec
+from lightning_prune.engine.snapshot import TrainingSnapshot
+from lightning_prune.io import tracking
+from lightning_prune.search import level
+from lightning_prune.search.agents import LayerSearch, min_keep_count
+from lightning_prune.search.reward import REWARDS, reward_values
+
+
+class RLPruneCallback(PruningCallback):
+    """Remove convolution filters, in the order agents learn, down to the smallest network that loses `b` points.
+
+    At `start_epoch`, before training:
+
+    1. **Where.** An agent per channel group (lowest group first, or in `layers` order) samples
+       `options.num_samples` keep/remove masks over the group's filters, each scored on the first
+       `options.reward_batches` validation batches with the following BatchNorm layers re-estimated, and is
+       updated by REINFORCE with the reward `(1 - max(p* - p, 0) / b) * log(N / kept)` (Huang et al., 2018;
+       "yang": `N / kept`). Its keep probabilities order the group's filters, least likely first: the network at
+       any level is a prefix of these orders, every group losing the same fraction of its filters.
+    2. **How much.** `options.probes` probes each cut the network to a level, train it for a cycle of
+       `options.probe_batches` training steps whose learning rate decays to 0, and read the drop paired with the
+       unpruned network on the same held-out validation images (those after the reward batches:
+       `options.check_batches`). The first probe also trains a cycle four times as long from its cut: its two
+       readings tell how much of a one-cycle drop the run's remaining training recovers, which carries every
+       probe to the end of the run. A curve through the probes chooses the largest level whose predicted drop,
+       plus half a standard error, is within `b` (`lightning_prune.search.level`). Each probe is undone before the next.
+    3. The network is cut to that level, and the rest of the run fine-tunes it. The summary shows every probe,
+       the chosen level with its predicted drop, and the drop realised at the end on the same images.
+
+    Any LightningModule is pruned: the convolutions of its `forward` (traced with `example_input_array`, else
+    the first training batch's inputs), scored with `metric` on batches that `options.unpack_batch` splits into
+    `(inputs, target)`, trained in probes by its own `training_step` (automatic optimization). `b` is in points
+    of that metric: a metric valued in [0, 1] counts x100. The module's checkpoints carry the pruned structure
+    (`lightning_prune.engine.plan`). Under DDP every rank scores a share of the masks and batches and applies rank 0's
+    decisions. The search and probes leave the global random streams as they found them and happen inside one
+    hook, so a resumed run continues as an uninterrupted one; it must keep `b` and `layers`. Bad arguments fail
+    when the callback is constructed; a schedule, layer, batch, metric or `forward` that does not fit the run
+    fails at `setup`, before any training.
+
+    Args:
+        b: the drop of the network's score the user accepts, in points of `metric` (> 0, finite).
+        layers: layer names or fnmatch patterns selecting the groups to prune, in this order (None: every
+            prunable convolution group, lowest first).
+        start_epoch: epoch at which the network is pruned (0 prunes the model as given: pass a trained one).
+        min_keep: filters every group keeps: a count (int >= 1) or a fraction of the group (float in (0, 1)).
+        metric: what is scored: None (top-1 agreement of the argmax over dim 1 with integer targets: accuracy,
+            or pixel accuracy for (B, C, H, W) outputs), a torchmetrics `Metric` (e.g. `MulticlassJaccardIndex`
+            for mIoU) or a callable `(preds, target) -> float`; higher is better.
+        monitor: a logged metric reported as the summary's baseline and final value (None: the callback's own
+            `metric` on the held-out validation batches). Read for reporting only.
+        seed: seeds agents, sampling and the probes' batches; the same seed gives the same decisions.
+        options: the search's other settings (`lightning_prune.RLOptions`; None: its defaults).
+
+    Example::
+
+        trainer = L.Trainer(max_epochs=15, callbacks=[RLPruneCallback(b=1.0)])
+        trainer.fit(my_trained_module, datamodule=dm)
+    """
+
+    resume_args = ("b", "layers")
+
+    def __init__(
+        self,
+        b: float = 1.0,
+        layers: list[str] | None = None,
+        start_epoch: int = 0,
+        min_keep: int | float = 0.1,
+        metric: MetricSpec = None,
+        monitor: str | None = None,
+        seed: int = 0,
+        options: RLOptions | None = None,
+    ) -> None:
+        options = RLOptions() if options is None else options
+        if not isinstance(options, RLOptions):
+            raise MisconfigurationException(f"RLPruneCallback: options={options!r} must be a lightning_prune.RLOptions")
+        o = options
+        counts = {"num_samples": o.num_samples, "agent_updates": o.agent_updates, "probes": o.probes}
+        checks = [
+            *((_is_int(v) and v >= 1, f"options.{k}={v!r} must be >= 1 (an int)") for k, v in counts.items()),
+            (
+                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0,
+                f"b={b!r} must be a number > 0 and finite: it is the drop (points of the metric) the network may lose",
+            ),
+            (o.reward in REWARDS, f"options.reward={o.reward!r} is unknown: use one of {sorted(REWARDS)}"),
+            (0 < o.init_keep < 1, f"options.init_keep={o.init_keep} must be in (0, 1)"),
+            (o.l1_prior >= 0, f"options.l1_prior={o.l1_prior} must be >= 0 (0 turns the L1-norm prior off)"),
+            (o.agent_lr > 0, f"options.agent_lr={o.agent_lr} must be > 0"),
+            (o.entropy_coef >= 0, f"options.entropy_coef={o.entropy_coef} must be >= 0"),
+            (
+                o.probe_batches is None or (_is_int(o.probe_batches) and o.probe_batches >= 1),
+                f"options.probe_batches={o.probe_batches!r} must be >= 1 (an int; None: one epoch's batches)",
+            ),
+            (
+                o.check_batches is None or (_is_int(o.check_batches) and o.check_batches >= 1),
+                f"options.check_batches={o.check_batches!r} must be >= 1 (an int; None: the rest of the split)",
+            ),
+            (o.max_cache_mb >= 0, f"options.max_cache_mb={o.max_cache_mb} must be >= 0"),
+        ]
+        super().__init__(layers, start_epoch, 0, min_keep, metric, monitor, seed, options, checks)
+        self.b = float(b)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.widths: dict[str, int] = {}  # each group's unpruned width: `min_keep` is a share of it
+        self.orders: dict[str, list[int]] = {}  # each group's filters, the first to go first
+        self.dense: list[float] | None = None  # the unpruned network's score per held-out batch
+        self.probes: list[dict[str, Any]] = []
+        self.level: dict[str, Any] | None = None  # the chosen level, once the network is cut to it
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        keys = ("b", "layers", "start_epoch", "min_keep", "monitor", "seed")
+        options = {
+            f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options) if f.name != "unpack_batch"
+        }
+        return {"metric": _describe(self.metric), **{k: getattr(self, k) for k in keys}, **options}
+
+    # -- setup -------------------------------------------------------------------------------------------------
+
+    def _budget_points(self) -> float:
+        return self.b
+
+    def _setup_groups(self, trainer: pl.Trainer, network: torch.nn.Module, inputs: torch.Tensor, graph: Any) -> None:
+        self._check_split(trainer)
+        if not trainer.lightning_module.automatic_optimization:
+            raise MisconfigurationException(
+                f"RLPruneCallback: {type(trainer.lightning_module).__name__} uses manual optimization, but the "
+                "probes train the cut network with the module's training_step and the run's optimizer "
+                "(automatic optimization). Prune it with automatic optimization, or use DistributionPruneCallback."
+            )
+        if self.groups:  # a resumed run keeps the groups it started with
+            return
+        chosen = self._choose_groups(network, inputs, graph)
+        self.groups = [g.name for g in chosen]
+        self.widths = {g.name: g.size for g in chosen}
+        if isinstance(self.min_keep, int):
+            small = {g.name: g.size for g in chosen if g.size <= self.min_keep}
+            if small:
+                raise MisconfigurationException(
+                    f"RLPruneCallback: min_keep={self.min_keep} leaves nothing to prune in {small} "
+                    "(layer: filters); lower min_keep or pass it as a fraction such as 0.1"
+                )
+
+    def _check_split(self, trainer: pl.Trainer) -> None:
+        available = scoring.batch_count(scoring.validation_loader(trainer))
+        if available is None and self.check_batches is None:
+            raise MisconfigurationException(
+                "RLPruneCallback: the validation dataset has no length, so the batches after the reward batches that "
+                "the probes are measured on cannot be counted. Set options.check_batches (e.g. 20)."
+            )
+        if available is not None and available < self.reward_batches + (self.check_batches or 1):
+            raise MisconfigurationException(
+                f"RLPruneCallback: the probes are measured on validation batches after the {self.reward_batches} "
+                f"the search scores (options.reward_batches), so the validation split needs at least "
+                f"{self.reward_batches + (self.check_batches or 1)} batches, but it has {available}. Hold out more "
+                "training data for validation, or lower options.reward_batches / options.check_batches."
+            )
+        if self.probe_batches is None and scoring.batch_count(scoring.train_loader(trainer)) is None:
+            raise MisconfigurationException(
+                "RLPruneCallback: the training data has no length, so a probe's cycle cannot be one epoch long. "
+                "Set options.probe_batches (e.g. 100)."
+            )
+
+    def _schedule_epochs(self) -> int:
+        return self.start_epoch + 1
+
+    def _schedule_text(self) -> str:
+        return f"pruning at start_epoch={self.start_epoch} and an epoch of fine-tuning after it"
+
+    # -- the one pruning point: learn the orders, probe, cut ---------------------------------------------------
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        return self.level is None and trainer.current_epoch >= self.start_epoch
+
+    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        remaining = self._remaining_batches(trainer)
+        checks = self._check_batches(trainer, pl_module)
+        self.dense = self._batch_scores(trainer, pl_module, checks)
+        base_score = sum(self.dense) / len(self.dense)
+        self.baseline = {**self.cost(pl_module), "val_acc": self.baseline_score(trainer, base_score)}
+        if remaining < 1:
+            rank_zero_warn(
+                f"RLPruneCallback: no training is left after epoch {trainer.current_epoch} to fine-tune a pruned "
+                "network, so nothing is pruned. Raise max_epochs / max_steps, or lower start_epoch."
+            )
+            self.level = {"ratio": 0.0, "predicted": 0.0, "epoch": trainer.current_epoch}
+            return
+        if not self.orders:
+            self._learn_orders(trainer, pl_module)
+        cycle = self.probe_batches or int(trainer.num_training_batches)
+        top = level.max_ratio(self.widths, self._floors())
+        while len(self.probes) < self.options.probes:
+            ratio = level.next_ratio(self.probes, self.b, top)
+            self.probes.append(self._probe(trainer, pl_module, ratio, checks, cycle, remaining))
+        chosen = level.choose(self.probes, self.b, top)
+        self._cut_to(trainer, pl_module, chosen["ratio"])
+        self.history = self._records(pl_module)
+        self.level = {**chosen, "epoch": trainer.current_epoch, "macs_removed": self._macs_removed(pl_module)}
+        tracking.log_level(trainer, self.probes, self.level)
+        self.info(
+            f"pruned {100 * self.level['macs_removed']:.1f}% of the MACs (ratio {chosen['ratio']:.3f} of every "
+            f"group), predicted final drop {chosen['predicted']:.2f} of b={self.b}"
+        )
+
+    def _remaining_batches(self, trainer: pl.Trainer) -> float:
+        """Training batches left in the run from the current epoch on (inf: no limit)."""
+        left = math.inf
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            left = (trainer.max_epochs - trainer.current_epoch) * trainer.num_training_batches
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            left = min(left, trainer.max_steps - trainer.global_step)
+        return left
+
+    def _floors(self) -> dict[str, int]:
+        return {name: min_keep_count(self.min_keep, width) for name, width in self.widths.items()}
+
+    def _macs_removed(self, pl_module: pl.LightningModule) -> float:
+        return 1 - self.cost(pl_module)["macs"] / self.baseline["macs"]
+
+    def _probe(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        ratio: float,
+        checks: list[scoring.Batch],
+        cycle: int,
+        remaining: float,
+    ) -> dict[str, Any]:
+        """Cut to `ratio`, train a decaying cycle from the cut (the first probe also one `level.SPAN` times as
+        long, which measures how much of the drop training recovers), read the paired drop after each; then undo
+        it all and predict the drop after `remaining` batches."""
+        lengths = [cycle] if self.probes else [cycle, level.SPAN * cycle]
+        snapshot = TrainingSnapshot(trainer, pl_module)
+        readings = []
+        try:
+            self._cut_to(trainer, pl_module, ratio)
+            macs_removed = self._macs_removed(pl_module)
+            for i, length in enumerate(lengths):
+                cut = TrainingSnapshot(trainer, pl_module) if i + 1 < len(lengths) else None
+                train_cycle(trainer, pl_module, length, seed=self.seed + len(self.probes) + i)
+                readings.append(level.paired_drop(self.dense, self._batch_scores(trainer, pl_module, checks)))
+                if cut is not None:
+                    cut.restore(trainer)
+        finally:
+            snapshot.restore(trainer)
+        first = self.probes[0]["readings"] if self.probes else [[r.drop, r.se] for r in readings]
+        share = level.recovery(first[0][0], first[1][0], cycle, remaining)
+        predicted, se = level.predicted_reading(readings[0], share)
+        probe = {
+            "ratio": ratio,
+            "macs_removed": macs_removed,
+            "cycles": lengths,
+            "readings": [[r.drop, r.se] for r in readings],
+            "recovery": share,
+            "predicted": predicted,
+            "se": se,
+        }
+        if not math.isfinite(probe["predicted"]):
+            rank_zero_warn(
+                f"RLPruneCallback: the network cut to ratio {ratio:.3f} ({', '.join(self.groups)}) scores non-finite "
+                f"values after training (readings {probe['readings']}): that level and any beyond it are refused."
+            )
+            probe["predicted"] = math.inf
+        drops = " then ".join(f"{r.drop:.2f} +- {r.se:.2f} ({n} steps)" for r, n in zip(readings, lengths, strict=True))
+        self.info(
+            f"probe {len(self.probes) + 1}/{self.options.probes}: {100 * macs_removed:.1f}% of the MACs, drop "
+            f"{drops}, predicted final {predicted:.2f} (recovery {share:.2f})"
+        )
+        return probe
+
+    def _cut_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ratio: float) -> None:
+        """Cut every group's first filters of its order at `ratio` (BatchNorm statistics re-estimated)."""
+        cuts = level.removals(self.orders, ratio, self._floors())
+        if not cuts:
+            return
+        network = plan.network_of(pl_module)
+        graph = surgery.build_graph(network, surgery.example_input(network, self.input_shape))
+        self.cut(trainer, pl_module, cuts, graph, self.calibration(trainer, pl_module, self.seed))
+
+    def _records(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        network, cost = plan.network_of(pl_module), self.cost(pl_module)
+        return [
+            {
+                "index": i,
+                "name": name,
+                "before": self.widths[name],
+                "after": surgery.out_channels(network.get_submodule(name)),
+                **cost,
+            }
+            for i, name in enumerate(self.groups)
+        ]
+
+    # -- where: each group's order, learned once -----------------------------------------------------------------
+
+    def _learn_orders(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        network = plan.network_of(pl_module)
+        graph = surgery.build_graph(network, surgery.example_input(network, self.input_shape))
+        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
+        calibration = self.calibration(trainer, pl_module, self.seed)
+        floors = self._floors()
+        for index, name in enumerate(self.groups):
+            probs = self._search_group(trainer, pl_module, name, index, graph, batches, calibration, floors[name])
+            self.orders[name] = torch.argsort(probs, stable=True).tolist()
+
+    def _search_group(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        name: str,
+        index: int,
+        graph: Any,
+        batches: list[scoring.Batch],
+        calibration: list[torch.Tensor],
+        floor: int,
+    ) -> torch.Tensor:
+        """The keep probabilities the group's agent learns (rank 0's, on every rank)."""
+        network = plan.network_of(pl_module)
+        weight = network.get_submodule(name).weight
+        search = LayerSearch(
+            weight,
+            floor,
+            seed=self.seed + index,
+            lr=self.agent_lr,
+            entropy_coef=self.entropy_coef,
+            init_keep=self.init_keep,
+            prior_scale=self.l1_prior,
+        )
+        maps = surgery.output_channel_maps(network, graph, name)
+        context = trainer.precision_plugin.forward_context
+        with (
+            scoring.CandidateScorer(
+                network,
+                maps,
+                batches,
+                context,
+                self.cache,
+                self.max_cache_mb,
+                calibration=calibration,
+                score=self.score,
+            ) as scorer,
+            tracking.SearchTracker(trainer, name, index, len(self.groups), self.agent_updates) as track,
+        ):
+            p_star = scorer.accuracy()
+            for update in range(self.agent_updates):
+                masks = search.sample(self.num_samples)
+                scores = self.score_shared(trainer, pl_module, lambda i, m=masks: scorer.accuracy(m[i]), len(masks))
+                kept = masks.sum(1).tolist()
+                rewards = reward_values(self.reward, scores, kept, weight.shape[0], p_star, self.b)
+                search.update(masks, rewards)
+                track.update(update, rewards, search.probs())
+        return trainer.strategy.broadcast(search.probs(), src=0)
+
+    # -- held-out measurements ---------------------------------------------------------------------------------
+
+    def _check_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[scoring.Batch]:
+        count = self.check_batches
+        if count is None:
+            count = scoring.batch_count(scoring.validation_loader(trainer)) - self.reward_batches
+        return self.batches(trainer, pl_module, "val", self.reward_batches + count)[self.reward_batches :]
+
+    def _batch_scores(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[scoring.Batch]
+    ) -> list[float]:
+        """The network's score on each of `batches`, each rank scoring a share."""
+        network, context = plan.network_of(pl_module), trainer.precision_plugin.forward_context
+        return self.score_shared(
+            trainer,
+            pl_module,
+            lambda i: scoring.evaluate(network, batches[i : i + 1], context, self.score),
+            len(batches),
+        )
+
+    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
+        if self.baseline is None or self.dense is None:
+            return None
+        scores = self._batch_scores(trainer, pl_module, self._check_batches(trainer, pl_module))
+        realised, check = level.paired_drop(self.dense, scores), sum(scores) / len(scores)
+        final = {
+            **self.cost(pl_module),
+            "val_acc": self.monitored(trainer) if self.monitor is not None else check,
+            "check": check,
+            "drop": realised.drop,
+            "se": realised.se,
+        }
+        baseline = {**self.baseline, "check": sum(self.dense) / len(self.dense)}
+        return {
+            "b": self.b,
+            "baseline": baseline,
+            "final": final,
+            "layers": self.history,
+            "probes": self.probes,
+            "level": self.level,
+        }
+
+    # -- resumable state -------------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "widths": self.widths,
+            "orders": self.orders,
+            "dense": self.dense,
+            "probes": self.probes,
+            "level": self.level,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if "orders" not in state or "level" not in state:
+            raise ValueError(
+                "The checkpoint's RLPruneCallback state lacks ['orders', 'level']: it was saved by an earlier version "
+                "of the callback, which pruned in measured steps. Start the run without ckpt_path (the pruned "
+                "weights load with load_from_checkpoint), or resume with the version that saved it."
+            )
+        self.widths = dict(state["widths"])
+        self.orders = {name: list(order) for name, order in state["orders"].items()}
+        self.dense = state["dense"]
+        self.probes = list(state["probes"])
+        self.level = state["level"]
+
+
+def _describe(metric: MetricSpec) -> str:
+    """A metric argument as plain data for loggers."""
+    if metric is None:
+        return "top1"
+    return getattr(metric, "__name__", None) or type(metric).__name__

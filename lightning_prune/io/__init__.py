@@ -1,0 +1,1 @@
+"""What leaves a run: export, the report, the command line and tracking through the loggers."""

@@ -1,0 +1,181 @@
+"""What pruning did to a checkpoint's model: channels per pruned layer and whole-model params and MACs.
+
+The layers come from the pruning plan in the module's state dict and, when the checkpoint holds it, from
+`RLPruneCallback`'s state (which also has the layers the agents searched but left whole, and their accuracies).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from lightning_prune.engine import surgery
+from lightning_prune.engine.cost import model_cost
+from lightning_prune.engine.plan import PLAN_KEY, PruningPlan, network_of
+from lightning_prune.io.export import CheckpointError, check_writable, load_pruned, read_checkpoint
+from lightning_prune.zoo.module import ImageClassifier
+
+
+def _callback_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """A pruning callback's saved state: the callback entry with a pruning history."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and {"groups", "history", "baseline"} <= set(state):
+            return state
+    return None
+
+
+def _layers_done(history: list[dict[str, Any]]) -> set[str]:
+    """The groups a history records: RLPruneCallback's by name, DistributionPruneCallback's by what it removed."""
+    return {r["name"] for r in history if "name" in r} | {n for r in history for n in r.get("removed", {})}
+
+
+def _unpruned(module: nn.Module) -> nn.Module:
+    """A freshly built, unpruned copy of the checkpoint's module: its class called with its saved hyper-parameters
+    (those its constructor takes, as `load_from_checkpoint` does)."""
+    cls = type(module)
+    accepted = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    return cls(**{k: v for k, v in module.hparams.items() if takes_any or k in accepted})
+
+
+def _percent_removed(before: int, after: int) -> float:
+    return round(100.0 * (1 - after / before), 2) if before else 0.0
+
+
+def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifier) -> dict[str, Any]:
+    """Per-layer channels before/after and whole-model params and MACs (unpruned vs pruned) of a checkpoint of a
+    `model_class` module.
+
+    Raises:
+        CheckpointError: unreadable file, not a checkpoint of a pruned module, or no pruning information in it.
+    """
+    checkpoint = read_checkpoint(path)
+    plan = PruningPlan.from_state(checkpoint["state_dict"][PLAN_KEY])
+    callback = _callback_state(checkpoint)
+    if not plan.steps and not (callback and callback["history"]):
+        raise CheckpointError(
+            f"'{path}' holds no pruning information: its pruning plan is empty and no RLPruneCallback search "
+            "is recorded in it. Report a checkpoint saved after RLPruneCallback (or a `prune` call) pruned the model."
+        )
+    pruned = load_pruned(path, model_class)
+    unpruned = _unpruned(pruned)
+    network_before, network_after = network_of(unpruned), network_of(pruned)
+    history = callback["history"] if callback else []
+    searched = {r["name"]: r for r in history if "name" in r}  # RLPruneCallback: a record per group
+    names = list(dict.fromkeys([*searched, *plan.layers]))
+    layers = []
+    for name in names:
+        before = surgery.out_channels(network_before.get_submodule(name))
+        after = surgery.out_channels(network_after.get_submodule(name))
+        record = searched.get(name, {})
+        layers.append({
+            "name": name,
+            "before": before,
+            "after": after,
+            "removed_pct": _percent_removed(before, after),
+            "decision_acc": record.get("decision_acc"),
+        })  # fmt: skip
+    shape = plan.input_shape
+    cost_before = model_cost(network_before, surgery.example_input(network_before, shape))
+    cost_after = model_cost(network_after, surgery.example_input(network_after, shape))
+    totals = {
+        key: {
+            "before": getattr(cost_before, key),
+            "after": getattr(cost_after, key),
+            "removed_pct": _percent_removed(getattr(cost_before, key), getattr(cost_after, key)),
+        }
+        for key in ("params", "macs")
+    }
+    search = None
+    if callback is not None:
+        search = {
+            "layers_done": len(_layers_done(history)),
+            "layers_total": len(callback["groups"]),
+            "baseline_val_acc": (callback["baseline"] or {}).get("val_acc"),
+        }
+    model_name = pruned.hparams.get("model")  # an ImageClassifier's network name
+    if not isinstance(model_name, str):
+        model_name = model_class.__name__
+    return {
+        "checkpoint": str(path),
+        "model": model_name,
+        "input_shape": list(shape),
+        "epoch": checkpoint.get("epoch"),
+        "layers": layers,
+        **totals,
+        "search": search,
+    }
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    """The per-layer table and the whole-model totals, with rich."""
+    console = console or Console()
+    with_acc = any(layer["decision_acc"] is not None for layer in report["layers"])
+    table = Table(title=f"Pruned layers of {report['model']}", caption=report["checkpoint"])
+    table.add_column("layer")
+    for column in ("channels before", "channels after", "removed") + (("decision acc",) if with_acc else ()):
+        table.add_column(column, justify="right")
+    for layer in report["layers"]:
+        row = [layer["name"], str(layer["before"]), str(layer["after"]), f"{layer['removed_pct']:.1f}%"]
+        if with_acc:
+            row.append("-" if layer["decision_acc"] is None else f"{layer['decision_acc']:.2f}")
+        table.add_row(*row)
+    console.print(table)
+    for key, label in (("params", "params"), ("macs", "MACs")):
+        total = report[key]
+        console.print(
+            f"{label}: {total['before']:,} -> {total['after']:,} ({total['removed_pct']:.1f}% removed)",
+            highlight=False,
+        )
+    search = report["search"]
+    if search is not None:
+        acc = search["baseline_val_acc"]
+        console.print(
+            f"RLPruneCallback: {search['layers_done']}/{search['layers_total']} layers searched"
+            + (f"; val acc before pruning {acc:.2f}" if acc is not None else ""),
+            highlight=False,
+        )
+
+
+def plot_channels(report: dict[str, Any], path: str | Path) -> Path:
+    """Bar plot of channels per layer before and after pruning, written as an image (PNG by the suffix).
+
+    Raises:
+        ValueError: a file cannot be written at `path` (see `export.check_writable`).
+    """
+    check_writable(path, "--plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = report["layers"]
+    positions = range(len(layers))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(layers) + 2), 4.5))
+    try:
+        ax.bar([p - 0.2 for p in positions], [layer["before"] for layer in layers], width=0.4, label="before")
+        ax.bar([p + 0.2 for p in positions], [layer["after"] for layer in layers], width=0.4, label="after")
+        ax.set_xticks(list(positions), [layer["name"] for layer in layers], rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("output channels")
+        ax.set_title(
+            f"{report['model']}: MACs -{report['macs']['removed_pct']:.1f}%, "
+            f"params -{report['params']['removed_pct']:.1f}%"
+        )
+        ax.legend()
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
