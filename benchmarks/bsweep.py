@@ -43,9 +43,9 @@ import torch_pruning as tp
 
 from lightning_prune import DistributionPruneCallback, ImageClassifier, RLPruneCallback
 from lightning_prune.callbacks.distillation import Distiller
+from lightning_prune.callbacks.options import is_min_keep
 from lightning_prune.engine import surgery
 from lightning_prune.engine.cost import latency_ms, model_cost
-from lightning_prune.search.agents import is_min_keep
 from lightning_prune.zoo.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,

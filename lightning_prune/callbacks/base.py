@@ -32,15 +32,13 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.seed import isolate_rng
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_prune.callbacks.options import ScoringOptions
+from lightning_prune.callbacks import history
+from lightning_prune.callbacks.options import ScoringOptions, check, is_int, is_min_keep
 from lightning_prune.engine import plan, scoring, surgery
 from lightning_prune.engine.cost import model_cost
 from lightning_prune.engine.metric import MetricSpec, Score, Unpack, calibrate, make_score, unpack_pair
 from lightning_prune.io import tracking
-from lightning_prune.search.agents import is_min_keep
 from lightning_prune.zoo.module import ImageClassifierBase
-
-MONITOR_MODES = ("max", "min")
 
 
 class PruningCallback(Callback):
@@ -61,6 +59,10 @@ class PruningCallback(Callback):
         options: the scoring settings (`lightning_prune.ScoringOptions` or a subclass).
     """
 
+    #: The options class the callback takes.
+    options_type: type[ScoringOptions] = ScoringOptions
+    #: Constructor arguments (besides `metric` and `options`) reported as the run's hyper-parameters.
+    arguments: tuple[str, ...] = ("layers", "start_epoch", "finetune_epochs", "min_keep", "monitor", "seed")
     #: Constructor arguments a resumed run must share with the run that saved the checkpoint.
     resume_args: tuple[str, ...] = ("layers",)
 
@@ -77,53 +79,26 @@ class PruningCallback(Callback):
         checks: Sequence[tuple[bool, str]] = (),
     ) -> None:
         super().__init__()
-        calibration_batches, reward_batches = options.calibration_batches, options.reward_batches
-        ignore_index, unpack_batch, monitor_mode = options.ignore_index, options.unpack_batch, options.monitor_mode
-        checks = [
+        kind = self.options_type.__name__
+        check(type(self).__name__, [
+            (isinstance(options, self.options_type), f"options={options!r} must be a lightning_prune.{kind}"),
             *checks,
-            (_is_int(start_epoch) and start_epoch >= 0, f"start_epoch={start_epoch!r} must be >= 0 (an int)"),
-            (
-                _is_int(finetune_epochs) and finetune_epochs >= 0,
-                f"finetune_epochs={finetune_epochs!r} must be >= 0 (an int)",
-            ),
-            (
-                _is_int(calibration_batches) and calibration_batches >= 0,
-                f"options.calibration_batches={calibration_batches!r} must be >= 0 (an int; 0 turns it off)",
-            ),
-            (
-                _is_int(reward_batches) and reward_batches >= 1,
-                f"options.reward_batches={reward_batches!r} must be >= 1 (an int)",
-            ),
-            (
-                layers is None or (isinstance(layers, (list, tuple)) and all(isinstance(x, str) for x in layers)),
-                f"layers={layers!r} must be a list of layer names or patterns (e.g. layers=[{layers!r}]) or None",
-            ),
+            (is_int(start_epoch) and start_epoch >= 0, f"start_epoch={start_epoch!r} must be >= 0 (an int)"),
+            (is_int(finetune_epochs) and finetune_epochs >= 0,
+             f"finetune_epochs={finetune_epochs!r} must be >= 0 (an int)"),
+            (layers is None or (isinstance(layers, (list, tuple)) and all(isinstance(x, str) for x in layers)),
+             f"layers={layers!r} must be a list of layer names or patterns (e.g. layers=[{layers!r}]) or None"),
             (layers is None or len(layers) > 0, "layers=[] selects nothing: pass None to prune every group"),
-            (
-                is_min_keep(min_keep),
-                f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1): an int counts filters, a float "
-                "is a fraction, so 1.0 would keep every filter (pass min_keep=1 to keep one filter per group)",
-            ),
-            (
-                metric is None or callable(metric),
-                f"metric={metric!r} must be None, a torchmetrics Metric or a callable (preds, target) -> float",
-            ),
-            (
-                ignore_index is None or _is_int(ignore_index),
-                f"options.ignore_index={ignore_index!r} must be an int or None",
-            ),
-            (
-                ignore_index is None or metric is None,
-                "options.ignore_index applies to the default metric only: pass it to "
-                "your metric instead (e.g. MulticlassJaccardIndex(..., ignore_index=...))",
-            ),  # fmt: skip
-            (unpack_batch is None or callable(unpack_batch), f"options.unpack_batch={unpack_batch!r} must be callable"),
-            (monitor_mode in MONITOR_MODES, f"options.monitor_mode={monitor_mode!r} is unknown: use 'max' or 'min'"),
-            (_is_int(seed), f"seed={seed!r} must be an int"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MisconfigurationException(f"{type(self).__name__}: {message}")
+            (is_min_keep(min_keep),
+             f"min_keep={min_keep!r} must be a count >= 1 or a fraction in (0, 1): an int counts filters, a float "
+             "is a fraction, so 1.0 would keep every filter (pass min_keep=1 to keep one filter per group)"),
+            (metric is None or callable(metric),
+             f"metric={metric!r} must be None, a torchmetrics Metric or a callable (preds, target) -> float"),
+            (options.ignore_index is None or metric is None,
+             "options.ignore_index applies to the default metric only: pass it to your metric instead (e.g. "
+             "MulticlassJaccardIndex(..., ignore_index=...))"),
+            (is_int(seed), f"seed={seed!r} must be an int"),
+        ])  # fmt: skip
         self.layers = list(layers) if layers is not None else None
         self.start_epoch = start_epoch
         self.finetune_epochs = finetune_epochs
@@ -132,8 +107,6 @@ class PruningCallback(Callback):
         self.monitor = monitor
         self.seed = seed
         self.options = options
-        for field in dataclasses.fields(options):  # the settings read as attributes: `self.reward_batches`
-            setattr(self, field.name, getattr(options, field.name))
         self.groups: list[str] = []
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, Any] | None = None
@@ -145,8 +118,7 @@ class PruningCallback(Callback):
     # -- what subclasses provide -------------------------------------------------------------------------
 
     def _setup_groups(self, trainer: pl.Trainer, network: torch.nn.Module, inputs: torch.Tensor, graph: Any) -> None:
-        """Choose `self.groups` (first setup only) and check the target fits them."""
-        raise NotImplementedError
+        """Check that the run fits the chosen `self.groups` (whose unpruned widths are `self.widths`)."""
 
     def _schedule_epochs(self) -> int:
         """Epochs the whole schedule needs."""
@@ -165,14 +137,16 @@ class PruningCallback(Callback):
 
     @property
     def hparams(self) -> dict[str, Any]:
-        """The constructor arguments as plain data (loggers' run config)."""
-        raise NotImplementedError
+        """The constructor arguments and options as plain data (the loggers' run config)."""
+        options = dataclasses.fields(self.options)
+        settings = {f.name: getattr(self.options, f.name) for f in options if f.name != "unpack_batch"}
+        return {"metric": _describe(self.metric), **{k: getattr(self, k) for k in self.arguments}, **settings}
 
     # -- setup: every check before any training time is spent ----------------------------------------------
 
     @property
     def unpack(self) -> Unpack:
-        return self.unpack_batch or unpack_pair
+        return self.options.unpack_batch or unpack_pair
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """The checks that need no data. Lightning calls callbacks' `setup` before the module's own (which may
@@ -207,6 +181,9 @@ class PruningCallback(Callback):
                 "`forward` accepts, and keep `forward` to the network's computation (no logging or loss)."
             ) from err
         self._check_metric(trainer, pl_module)
+        if not self.groups:  # a resumed run keeps the groups it started with
+            chosen = self._choose_groups(network, inputs, graph)
+            self.groups, self.widths = [g.name for g in chosen], {g.name: g.size for g in chosen}
         self._setup_groups(trainer, network, inputs, graph)
         self._check_schedule(trainer)
         tracking.log_hyperparams(trainer, self.hparams)
@@ -214,6 +191,7 @@ class PruningCallback(Callback):
     def _reset_run(self) -> None:
         """Start from an empty run (the same instance may fit again); subclasses reset theirs in `_reset`."""
         self.groups, self.history, self.baseline, self.input_shape = [], [], None, None
+        self.widths: dict[str, int] = {}  # each group's unpruned width
         self._score, self._monitor_checked = None, False
         self._reset()
 
@@ -247,13 +225,10 @@ class PruningCallback(Callback):
             MisconfigurationException: a `layers` entry matches nothing, or nothing is left to prune.
         """
         name = type(self).__name__
-        skipped: dict[str, str] = {}
         try:
-            chosen = surgery.select_groups(surgery.channel_groups(network, graph, inputs, skipped), self.layers)
+            passing, skipped = surgery.candidate_groups(network, inputs, self.layers, graph)
         except ValueError as err:
             raise MisconfigurationException(f"{name}: {err}") from err
-        passing, failed = surgery.dry_run(network, chosen, inputs)
-        skipped.update(failed)
         reasons = "; ".join(f"{group}: {why}" for group, why in skipped.items())
         # The layer producing the output is never pruned, as expected: no warning about it.
         unexpected = {group: why for group, why in skipped.items() if not why.endswith("keeps all its outputs")}
@@ -290,7 +265,7 @@ class PruningCallback(Callback):
         except Exception as err:  # noqa: BLE001 - any failure to unpack gets the same advice
             name = (
                 "options.unpack_batch"
-                if self.unpack_batch is not None
+                if self.options.unpack_batch is not None
                 else "the default unpack (an (inputs, target) pair)"
             )
             raise MisconfigurationException(
@@ -306,7 +281,7 @@ class PruningCallback(Callback):
             raise MisconfigurationException(f"{type(self).__name__}: the validation data is empty.")
         x, y = self._unpacked(batch)
         x, y = move_data_to_device(x, pl_module.device), move_data_to_device(y, pl_module.device)
-        score = make_score(self.metric, self.ignore_index)
+        score = make_score(self.metric, self.options.ignore_index)
         network = plan.network_of(pl_module)
         if torch.is_tensor(x) and x.is_floating_point():  # at setup the module is not converted to its precision yet
             x = x.to(surgery.example_input(network, [1]).dtype)
@@ -414,7 +389,7 @@ class PruningCallback(Callback):
         """`monitor`, or the metric on the validation batches candidates are scored on."""
         if self.monitor is not None:
             return self.monitored(trainer)
-        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
+        batches = self.batches(trainer, pl_module, "val", self.options.reward_batches)
         return scoring.evaluate(
             plan.network_of(pl_module), batches, trainer.precision_plugin.forward_context, self.score
         )
@@ -456,12 +431,12 @@ class PruningCallback(Callback):
         return scoring.first_batches(trainer, pl_module, split, count, seed, shuffle, self.unpack)
 
     def calibration(self, trainer: pl.Trainer, pl_module: pl.LightningModule, seed: int) -> list[torch.Tensor]:
-        return [x for x, _ in self.batches(trainer, pl_module, "train", self.calibration_batches, seed=seed)]
+        return [x for x, _ in self.batches(trainer, pl_module, "train", self.options.calibration_batches, seed=seed)]
 
     @property
     def score(self) -> Score:
         """A fresh accumulator of the metric candidates are scored on."""
-        score = make_score(self.metric, self.ignore_index)
+        score = make_score(self.metric, self.options.ignore_index)
         if self._score is not None and hasattr(score, "scale"):
             score.scale = self._score.scale
         return score
@@ -525,6 +500,22 @@ class PruningCallback(Callback):
             )
         return done
 
+    def record_cuts(self, trainer: pl.Trainer, pl_module: pl.LightningModule, before: dict[str, int]) -> None:
+        """Add this step's records to the history: each group whose width fell from `before` (`history` schema)."""
+        step = 1 + max((r["step"] for r in self.history), default=-1)
+        after = self.current_widths(pl_module)
+        self.history += history.cut_records(step, trainer.current_epoch, before, after, self.cost(pl_module))
+
+    def current_widths(self, pl_module: pl.LightningModule) -> dict[str, int]:
+        """Each group's filters now."""
+        network = plan.network_of(pl_module)
+        return {name: surgery.out_channels(network.get_submodule(name)) for name in self.groups}
+
+    def summary_layers(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        """The summary's layers: every group's filters before pruning and now."""
+        now = self.current_widths(pl_module)
+        return [{"name": name, "before": self.widths[name], "after": now[name]} for name in self.groups]
+
     def info(self, message: str) -> None:
         rank_zero_info(f"[{type(self).__name__}] {message}")
 
@@ -540,6 +531,7 @@ class PruningCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "groups": self.groups,
+            "widths": self.widths,
             "history": self.history,
             "baseline": self.baseline,
             "args": {k: self.hparams[k] for k in self.resume_args},
@@ -554,6 +546,7 @@ class PruningCallback(Callback):
                 f"The checkpoint's {type(self).__name__} state lacks {missing}: it was not saved by this callback. "
                 f"Resume from a checkpoint of a {type(self).__name__} run, or start the run without ckpt_path."
             )
+        state_dict = history.upgrade(state_dict)
         saved = state_dict.get("args") or {}
         changed = {k: (v, self.hparams[k]) for k, v in saved.items() if k in self.hparams and self.hparams[k] != v}
         if changed and state_dict["history"]:
@@ -563,6 +556,7 @@ class PruningCallback(Callback):
                 "it was pruned with: pass the checkpoint's values, or start a new run without ckpt_path."
             )
         self.groups = list(state_dict["groups"])
+        self.widths = dict(state_dict["widths"])
         self.history = list(state_dict["history"])
         self.baseline = state_dict["baseline"]
         self._load_state(state_dict)
@@ -594,13 +588,11 @@ def _metric_name(metric: MetricSpec) -> str:
     return f"metric={getattr(metric, '__name__', None) or type(metric).__name__}"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """An int or a float, not a bool (True would pass as 1) nor a string."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _describe(metric: MetricSpec) -> str:
+    """A metric argument as plain data for loggers."""
+    if metric is None:
+        return "top1"
+    return getattr(metric, "__name__", None) or type(metric).__name__
 
 
 def _get_rng() -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -13,14 +12,13 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_prune.callbacks.base import PruningCallback, _is_int, _is_number
-from lightning_prune.callbacks.options import DistributionOptions
+from lightning_prune.callbacks.base import PruningCallback
+from lightning_prune.callbacks.options import DistributionOptions, check, is_number
 from lightning_prune.engine import plan, surgery
 from lightning_prune.engine.cost import model_cost
 from lightning_prune.engine.metric import MetricSpec
-from lightning_prune.search.agents import min_keep_count
+from lightning_prune.io import tracking
 from lightning_prune.search.distribution import (
-    CRITERIA,
     CostModel,
     DistributionSearch,
     GroupScorer,
@@ -32,6 +30,7 @@ from lightning_prune.search.distribution import (
     q_score,
     removed_filters,
 )
+from lightning_prune.search.floors import min_keep_count
 
 TARGET_TYPES = ("channels", "macs")
 
@@ -73,6 +72,11 @@ class DistributionPruneCallback(PruningCallback):
         Trainer(max_epochs=20, callbacks=[cb, DistillationCallback()]).fit(model, datamodule=dm)
     """
 
+    options_type = DistributionOptions
+    arguments = ("target", "target_type", "step_size", "start_epoch", "finetune_epochs", "min_keep", "layers")
+    arguments += ("monitor", "seed")
+    resume_args = ("target", "target_type", "step_size", "layers")
+
     def __init__(
         self,
         target: float = 0.5,
@@ -87,85 +91,35 @@ class DistributionPruneCallback(PruningCallback):
         seed: int = 0,
         options: DistributionOptions | None = None,
     ) -> None:
-        options = DistributionOptions() if options is None else options
-        if not isinstance(options, DistributionOptions):
-            raise MisconfigurationException(
-                f"DistributionPruneCallback: options={options!r} must be a lightning_prune.DistributionOptions"
-            )
-        o = options
-        criterion, alpha, beta, num_samples, updates = o.criterion, o.alpha, o.beta, o.num_samples, o.updates
-        elite_size, noise, epsilon, epsilon_decay = o.elite_size, o.noise, o.epsilon, o.epsilon_decay
-        lr, clip, taylor_batches = o.lr, o.clip, o.taylor_batches
-        numbers = {"target": target, "step_size": step_size}
-        numbers |= {f"options.{k}": getattr(o, k) for k in ("alpha", "beta", "noise", "epsilon", "epsilon_decay")}
-        numbers |= {"options.lr": lr, "options.clip": clip}
-        not_numbers = [f"{k}={v!r}" for k, v in numbers.items() if not _is_number(v)]
-        if not_numbers:  # before the range checks, which would fail on them with a bare TypeError
-            raise MisconfigurationException(
-                f"DistributionPruneCallback: {', '.join(not_numbers)} must be a number (an int or a float)"
-            )
+        numbers = [f"{k}={v!r}" for k, v in {"target": target, "step_size": step_size}.items() if not is_number(v)]
+        check(
+            "DistributionPruneCallback", [(not numbers, f"{', '.join(numbers)} must be a number (an int or a float)")]
+        )
         checks = [
             (0 < target < 1, f"target={target} must be in (0, 1): the fraction of the model to remove"),
             (target_type in TARGET_TYPES, f"target_type={target_type!r} is unknown: use one of {TARGET_TYPES}"),
             (0 < step_size <= 1, f"step_size={step_size} must be in (0, 1]: the fraction removed per step"),
-            (criterion in CRITERIA, f"options.criterion={criterion!r} is unknown: use one of {CRITERIA}"),
-            (alpha >= 0, f"options.alpha={alpha} must be >= 0 (weight of the MACs reduction in Q)"),
-            (beta >= 0, f"options.beta={beta} must be >= 0 (weight of the params reduction in Q)"),
-            (_is_int(num_samples) and num_samples >= 1, f"options.num_samples={num_samples!r} must be >= 1 (an int)"),
-            (_is_int(updates) and updates >= 1, f"options.updates={updates!r} must be >= 1 (an int)"),
-            (_is_int(elite_size) and elite_size >= 1, f"options.elite_size={elite_size!r} must be >= 1 (an int)"),
-            (noise >= 0, f"options.noise={noise} must be >= 0"),
-            (0 <= epsilon <= 1, f"options.epsilon={epsilon} must be in [0, 1] (a probability)"),
-            (0 < epsilon_decay <= 1, f"options.epsilon_decay={epsilon_decay} must be in (0, 1]"),
-            (0 < lr <= 1, f"options.lr={lr} must be in (0, 1]"),
-            (0 < clip < 1, f"options.clip={clip} must be in (0, 1)"),
-            (
-                _is_int(taylor_batches) and taylor_batches >= 1,
-                f"options.taylor_batches={taylor_batches!r} must be >= 1",
-            ),
         ]
+        options = DistributionOptions() if options is None else options
         super().__init__(layers, start_epoch, finetune_epochs, min_keep, metric, monitor, seed, options, checks)
         self.target = float(target)
         self.target_type = target_type
         self.step_size = float(step_size)
-        self.criterion = criterion
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.num_samples = num_samples
-        self.updates = updates
-        self.elite_size = elite_size
-        self.noise = float(noise)
-        self.epsilon = float(epsilon)
-        self.epsilon_decay = float(epsilon_decay)
-        self.lr = float(lr)
-        self.clip = float(clip)
-        self.taylor_batches = taylor_batches
         self._reset()
 
     def _reset(self) -> None:
         """The search's state of a new run."""
-        self.sizes: list[int] = []
+        self.steps: list[dict[str, Any]] = []  # a record per step: its score, Q, reductions, distribution
         self.base: dict[str, int] | None = None
         self.p_star: float | None = None
         self.done = False
         self.search: DistributionSearch | None = None
         self._search_state: dict[str, Any] | None = None
 
-    @property
-    def hparams(self) -> dict[str, Any]:
-        keys = ("target", "target_type", "step_size", "start_epoch", "finetune_epochs", "min_keep", "layers")
-        options = {
-            f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options) if f.name != "unpack_batch"
-        }
-        return {**{k: getattr(self, k) for k in keys}, "monitor": self.monitor, "seed": self.seed, **options}
-
     # -- setup: every check before any training time is spent ---------------------------------------------
 
     def _setup_groups(self, trainer: pl.Trainer, network: nn.Module, inputs: torch.Tensor, graph: Any) -> None:
-        if not self.groups:  # a resumed run keeps the groups it started with (restored after setup)
-            chosen = self._choose_groups(network, inputs, graph)
-            self.groups = [g.name for g in chosen]
-            self.sizes = [g.size for g in chosen]
+        if self.base is None:  # a resumed run keeps the cost it started from
             self.base = model_cost(network, inputs).as_dict()
         most = self._capacity(torch.tensor(self.sizes))
         reachable = int(most.sum()) / sum(self.sizes)
@@ -191,6 +145,11 @@ class DistributionPruneCallback(PruningCallback):
             f"finetune_epochs={self.finetune_epochs}"
         )
 
+    @property
+    def sizes(self) -> list[int]:
+        """The groups' unpruned widths, in `groups` order."""
+        return [self.widths[name] for name in self.groups]
+
     def _capacity(self, sizes: torch.Tensor) -> torch.Tensor:
         """Channels each group may still lose: all but `min_keep` of its unpruned width (at least one)."""
         floor = torch.tensor([min_keep_count(self.min_keep, s) for s in self.sizes])
@@ -199,7 +158,7 @@ class DistributionPruneCallback(PruningCallback):
     # -- schedule ------------------------------------------------------------------------------------------
 
     def _due(self, trainer: pl.Trainer) -> bool:
-        return not self.done and self.start_epoch + len(self.history) * self.finetune_epochs <= trainer.current_epoch
+        return not self.done and self.start_epoch + len(self.steps) * self.finetune_epochs <= trainer.current_epoch
 
     def _reduction(self, sizes: torch.Tensor, cost: dict[str, int]) -> dict[str, float]:
         return {
@@ -212,7 +171,7 @@ class DistributionPruneCallback(PruningCallback):
         """Per-group counts of a distribution for this step: step k removes what is left to reach
         `min(target, (k + 1) * step_size)` (so rounding never adds a step), in channels or in MACs."""
         capacity = self._capacity(sizes)
-        goal = min(self.target, (len(self.history) + 1) * self.step_size)
+        goal = min(self.target, (len(self.steps) + 1) * self.step_size)
         if self.target_type == "channels":
             total = sum(self.sizes)
             count = max(round(goal * total) - (total - int(sizes.sum())), 1)
@@ -225,9 +184,10 @@ class DistributionPruneCallback(PruningCallback):
 
     def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.search is None:
+            o = self.options
             self.search = DistributionSearch(
-                self.sizes, self.seed, self.num_samples, self.updates, self.elite_size, self.noise, self.epsilon,
-                self.epsilon_decay, self.lr, self.clip,
+                self.sizes, self.seed, o.num_samples, o.updates, o.elite_size, o.noise, o.epsilon, o.epsilon_decay,
+                o.lr, o.clip,
             )  # fmt: skip
             if self._search_state is not None:
                 self.search.load_state_dict(self._search_state)
@@ -240,8 +200,12 @@ class DistributionPruneCallback(PruningCallback):
         counts_of = self._counts_rule(sizes, costs)
         context = trainer.precision_plugin.forward_context
         convs = list(dict.fromkeys(m for maps in group_maps.values() for m, _ in maps if isinstance(m, nn.Conv2d)))
-        taylor = self.batches(trainer, pl_module, "train", self.taylor_batches) if self.criterion == "taylor" else ()
-        importance = group_importance(group_maps, filter_scores(model, convs, self.criterion, taylor, context))
+        taylor = (
+            self.batches(trainer, pl_module, "train", self.options.taylor_batches)
+            if self.options.criterion == "taylor"
+            else ()
+        )
+        importance = group_importance(group_maps, filter_scores(model, convs, self.options.criterion, taylor, context))
 
         def removals(counts: torch.Tensor) -> dict[str, list[int]]:
             """The least important filters of each group, as many as `counts` says."""
@@ -261,12 +225,12 @@ class DistributionPruneCallback(PruningCallback):
             rows = []
             for acc, m, p in zip(accs, macs.tolist(), params.tolist(), strict=True):
                 red_macs, red_params = 1 - m / self.base["macs"], 1 - p / self.base["params"]
-                q = q_score(acc, red_macs, red_params, self.alpha, self.beta)
+                q = q_score(acc, red_macs, red_params, self.options.alpha, self.options.beta)
                 rows.append({"q": q, "accuracy": acc, "macs_reduction": red_macs, "params_reduction": red_params})
             return rows
 
-        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
-        seed = self.seed + len(self.history)
+        batches = self.batches(trainer, pl_module, "val", self.options.reward_batches)
+        seed = self.seed + len(self.steps)
         calibration = self.calibration(trainer, pl_module, seed)
         with GroupScorer(model, group_maps, batches, context, calibration, self.score) as scorer:
             if self.p_star is None:
@@ -277,12 +241,13 @@ class DistributionPruneCallback(PruningCallback):
         if not math.isfinite(best.details["q"]):
             self.done = True
             rank_zero_warn(
-                f"DistributionPruneCallback: no sample of step {len(self.history) + 1} gave finite outputs and "
+                f"DistributionPruneCallback: no sample of step {len(self.steps) + 1} gave finite outputs and "
                 f"score (groups {', '.join(self.groups)}): nothing is cut and pruning stops."
             )
             return
+        before = dict(zip(self.groups, sizes.tolist(), strict=True))
         decision = self.cut(trainer, pl_module, removals(best.counts), graph, calibration)
-        self._record(trainer, pl_module, decision, best.details, epsilon)
+        self._record(trainer, pl_module, decision, best.details, epsilon, before)
 
     def _record(
         self,
@@ -291,6 +256,7 @@ class DistributionPruneCallback(PruningCallback):
         decision: dict[str, list[int]],
         details: dict[str, float],
         epsilon: float,
+        before: dict[str, int],
     ) -> None:
         model = plan.network_of(pl_module)
         sizes = torch.tensor([surgery.out_channels(model.get_submodule(name)) for name in self.groups])
@@ -309,7 +275,7 @@ class DistributionPruneCallback(PruningCallback):
                 f"at {achieved:.3f} of {self.target_type} instead of target={self.target}."
             )
         record = {
-            "step": len(self.history),
+            "step": len(self.steps),
             "epoch": trainer.current_epoch,
             "removed": {name: len(idxs) for name, idxs in decision.items()},
             "q": details["q"],
@@ -319,12 +285,10 @@ class DistributionPruneCallback(PruningCallback):
             **reduction,
             "distribution": [round(p, 5) for p in self.search.probs.tolist()],
         }
-        self.history.append(record)
-        if trainer.is_global_zero:
-            metrics = {f"prune/{k}": float(record[k]) for k in ("q", "decision_acc", "epsilon", "macs", "params")}
-            metrics.update({f"prune/{k}": v for k, v in reduction.items()})
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+        self.steps.append(record)
+        self.record_cuts(trainer, pl_module, before)
+        metrics = {f"prune/{k}": float(record[k]) for k in ("q", "decision_acc", "epsilon", "macs", "params")}
+        tracking.log_metrics(trainer, {**metrics, **{f"prune/{k}": v for k, v in reduction.items()}})
         self.info(
             f"step {record['step'] + 1}: removed {sum(record['removed'].values())} channels "
             f"from {len(decision)} groups, val score of the decision {details['accuracy']:.2f} "
@@ -333,31 +297,27 @@ class DistributionPruneCallback(PruningCallback):
         )
 
     def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
-        if not self.history:
+        if not self.steps:
             return None
         if not self.done:
             rank_zero_warn(
                 f"DistributionPruneCallback: training ended before the target ({self.target} of "
                 f"{self.target_type}) was reached; raise max_epochs."
             )
-        model = plan.network_of(pl_module)
-        final = {name: surgery.out_channels(model.get_submodule(name)) for name in self.groups}
         return {
             "target": self.target,
             "target_type": self.target_type,
             "baseline": self.baseline,
             "final": {**self.cost(pl_module), "val_acc": self.final_score(trainer, pl_module)},
-            "layers": [
-                {"name": n, "before": s, "after": final[n]} for n, s in zip(self.groups, self.sizes, strict=True)
-            ],
-            "steps": self.history,
+            "layers": self.summary_layers(pl_module),
+            "steps": self.steps,
         }
 
     # -- resumable state -----------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
         return {
-            "sizes": self.sizes,
+            "steps": self.steps,
             "base": self.base,
             "p_star": self.p_star,
             "done": self.done,
@@ -365,7 +325,7 @@ class DistributionPruneCallback(PruningCallback):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.sizes = list(state["sizes"])
+        self.steps = list(state["steps"])
         self.base = state["base"]
         self.p_star = state["p_star"]
         self.done = bool(state["done"])

@@ -8,15 +8,59 @@
         options:
           probe_batches: 200
 
-Every field is validated by the callback it is passed to, when that callback is constructed.
+Each options object validates itself when it is built, so a bad value fails before any training, with a message
+naming the field. The checks of the callbacks' own arguments use the same helpers.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lightning_prune.engine.metric import Unpack
+from lightning_prune.search.distribution import CRITERIA
+from lightning_prune.search.reward import REWARDS
+
+
+def is_int(value: Any) -> bool:
+    """An int, not a bool (True would pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool nor a string."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_min_keep(value: Any) -> bool:
+    """A valid `min_keep`: a count (int >= 1) or a fraction (float in (0, 1)); a fraction of 1 would keep every
+    filter."""
+    return (is_int(value) and value >= 1) or (isinstance(value, float) and 0 < value < 1)
+
+
+def check(owner: str, checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise the first failed check's message, prefixed by `owner`."""
+    for ok, message in checks:
+        if not ok:
+            raise MisconfigurationException(f"{owner}: {message}")
+
+
+def _counts(options: Any, names: Iterable[str], least: int = 1) -> list[tuple[bool, str]]:
+    """Each named field is an int >= `least`."""
+    return [
+        (is_int(getattr(options, n)) and getattr(options, n) >= least, f"options.{n}={getattr(options, n)!r} must be "
+         f">= {least} (an int)") for n in names
+    ]  # fmt: skip
+
+
+def _numbers(options: Any, names: Iterable[str]) -> None:
+    """Each named field is a number, checked before the range checks (which would fail with a bare TypeError)."""
+    wrong = [f"options.{n}={getattr(options, n)!r}" for n in names if not is_number(getattr(options, n))]
+    check(type(options).__name__, [(not wrong, f"{', '.join(wrong)} must be a number (an int or a float)")])
 
 
 @dataclass
@@ -31,14 +75,22 @@ class ScoringOptions:
             statistics, for each candidate and after each cut (0: never).
         unpack_batch: splits a batch into `(inputs, target)` (None: the batch is that pair).
         ignore_index: target value the default metric does not count (e.g. a segmentation's void label).
-        monitor_mode: "max" or "min": whether higher or lower `monitor` is better.
     """
 
     reward_batches: int = 4
     calibration_batches: int = 4
     unpack_batch: Unpack | None = None
     ignore_index: int | None = None
-    monitor_mode: Literal["max", "min"] = "max"
+
+    def __post_init__(self) -> None:
+        check(type(self).__name__, [
+            *_counts(self, ["reward_batches"]),
+            *_counts(self, ["calibration_batches"], least=0),
+            (self.unpack_batch is None or callable(self.unpack_batch),
+             f"options.unpack_batch={self.unpack_batch!r} must be callable"),
+            (self.ignore_index is None or is_int(self.ignore_index),
+             f"options.ignore_index={self.ignore_index!r} must be an int or None"),
+        ])  # fmt: skip
 
 
 @dataclass
@@ -78,6 +130,23 @@ class RLOptions(ScoringOptions):
     cache: bool = True
     max_cache_mb: float = 1024.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _numbers(self, ["agent_lr", "entropy_coef", "init_keep", "l1_prior", "max_cache_mb"])
+        check(type(self).__name__, [
+            *_counts(self, ["num_samples", "agent_updates", "probes"]),
+            (self.probe_batches is None or (is_int(self.probe_batches) and self.probe_batches >= 1),
+             f"options.probe_batches={self.probe_batches!r} must be >= 1 (an int; None: one epoch's batches)"),
+            (self.check_batches is None or (is_int(self.check_batches) and self.check_batches >= 1),
+             f"options.check_batches={self.check_batches!r} must be >= 1 (an int; None: the rest of the split)"),
+            (self.reward in REWARDS, f"options.reward={self.reward!r} is unknown: use one of {sorted(REWARDS)}"),
+            (0 < self.init_keep < 1, f"options.init_keep={self.init_keep} must be in (0, 1)"),
+            (self.l1_prior >= 0, f"options.l1_prior={self.l1_prior} must be >= 0 (0 turns the L1-norm prior off)"),
+            (self.agent_lr > 0 and math.isfinite(self.agent_lr), f"options.agent_lr={self.agent_lr} must be > 0"),
+            (self.entropy_coef >= 0, f"options.entropy_coef={self.entropy_coef} must be >= 0"),
+            (self.max_cache_mb >= 0, f"options.max_cache_mb={self.max_cache_mb} must be >= 0"),
+        ])  # fmt: skip
+
 
 @dataclass
 class DistributionOptions(ScoringOptions):
@@ -112,3 +181,18 @@ class DistributionOptions(ScoringOptions):
     lr: float = 0.5
     clip: float = 0.2
     taylor_batches: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _numbers(self, ["alpha", "beta", "noise", "epsilon", "epsilon_decay", "lr", "clip"])
+        check(type(self).__name__, [
+            (self.criterion in CRITERIA, f"options.criterion={self.criterion!r} is unknown: use one of {CRITERIA}"),
+            (self.alpha >= 0, f"options.alpha={self.alpha} must be >= 0 (weight of the MACs reduction in Q)"),
+            (self.beta >= 0, f"options.beta={self.beta} must be >= 0 (weight of the params reduction in Q)"),
+            *_counts(self, ["num_samples", "updates", "elite_size", "taylor_batches"]),
+            (self.noise >= 0, f"options.noise={self.noise} must be >= 0"),
+            (0 <= self.epsilon <= 1, f"options.epsilon={self.epsilon} must be in [0, 1] (a probability)"),
+            (0 < self.epsilon_decay <= 1, f"options.epsilon_decay={self.epsilon_decay} must be in (0, 1]"),
+            (0 < self.lr <= 1, f"options.lr={self.lr} must be in (0, 1]"),
+            (0 < self.clip < 1, f"options.clip={self.clip} must be in (0, 1)"),
+        ])  # fmt: skip

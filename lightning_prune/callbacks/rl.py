@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -11,16 +10,17 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lightning_prune.callbacks.base import PruningCallback, _is_int
-from lightning_prune.callbacks.options import RLOptions
+from lightning_prune.callbacks.base import PruningCallback
+from lightning_prune.callbacks.options import RLOptions, is_number
 from lightning_prune.engine import plan, scoring, surgery
 from lightning_prune.engine.cycle import train_cycle
 from lightning_prune.engine.metric import MetricSpec
 from lightning_prune.engine.snapshot import TrainingSnapshot
 from lightning_prune.io import tracking
 from lightning_prune.search import level
-from lightning_prune.search.agents import LayerSearch, min_keep_count
-from lightning_prune.search.reward import REWARDS, reward_values
+from lightning_prune.search.agents import LayerSearch
+from lightning_prune.search.floors import min_keep_count
+from lightning_prune.search.reward import reward_values
 
 
 class RLPruneCallback(PruningCallback):
@@ -74,6 +74,8 @@ class RLPruneCallback(PruningCallback):
         trainer.fit(my_trained_module, datamodule=dm)
     """
 
+    options_type = RLOptions
+    arguments = ("b", "layers", "start_epoch", "min_keep", "monitor", "seed")
     resume_args = ("b", "layers")
 
     def __init__(
@@ -87,50 +89,20 @@ class RLPruneCallback(PruningCallback):
         seed: int = 0,
         options: RLOptions | None = None,
     ) -> None:
+        budget = (
+            is_number(b) and math.isfinite(b) and b > 0,
+            f"b={b!r} must be a number > 0 and finite: it is the drop (points of the metric) the network may lose",
+        )
         options = RLOptions() if options is None else options
-        if not isinstance(options, RLOptions):
-            raise MisconfigurationException(f"RLPruneCallback: options={options!r} must be a lightning_prune.RLOptions")
-        o = options
-        counts = {"num_samples": o.num_samples, "agent_updates": o.agent_updates, "probes": o.probes}
-        checks = [
-            *((_is_int(v) and v >= 1, f"options.{k}={v!r} must be >= 1 (an int)") for k, v in counts.items()),
-            (
-                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0,
-                f"b={b!r} must be a number > 0 and finite: it is the drop (points of the metric) the network may lose",
-            ),
-            (o.reward in REWARDS, f"options.reward={o.reward!r} is unknown: use one of {sorted(REWARDS)}"),
-            (0 < o.init_keep < 1, f"options.init_keep={o.init_keep} must be in (0, 1)"),
-            (o.l1_prior >= 0, f"options.l1_prior={o.l1_prior} must be >= 0 (0 turns the L1-norm prior off)"),
-            (o.agent_lr > 0, f"options.agent_lr={o.agent_lr} must be > 0"),
-            (o.entropy_coef >= 0, f"options.entropy_coef={o.entropy_coef} must be >= 0"),
-            (
-                o.probe_batches is None or (_is_int(o.probe_batches) and o.probe_batches >= 1),
-                f"options.probe_batches={o.probe_batches!r} must be >= 1 (an int; None: one epoch's batches)",
-            ),
-            (
-                o.check_batches is None or (_is_int(o.check_batches) and o.check_batches >= 1),
-                f"options.check_batches={o.check_batches!r} must be >= 1 (an int; None: the rest of the split)",
-            ),
-            (o.max_cache_mb >= 0, f"options.max_cache_mb={o.max_cache_mb} must be >= 0"),
-        ]
-        super().__init__(layers, start_epoch, 0, min_keep, metric, monitor, seed, options, checks)
+        super().__init__(layers, start_epoch, 0, min_keep, metric, monitor, seed, options, [budget])
         self.b = float(b)
         self._reset()
 
     def _reset(self) -> None:
-        self.widths: dict[str, int] = {}  # each group's unpruned width: `min_keep` is a share of it
         self.orders: dict[str, list[int]] = {}  # each group's filters, the first to go first
         self.dense: list[float] | None = None  # the unpruned network's score per held-out batch
         self.probes: list[dict[str, Any]] = []
         self.level: dict[str, Any] | None = None  # the chosen level, once the network is cut to it
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        keys = ("b", "layers", "start_epoch", "min_keep", "monitor", "seed")
-        options = {
-            f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options) if f.name != "unpack_batch"
-        }
-        return {"metric": _describe(self.metric), **{k: getattr(self, k) for k in keys}, **options}
 
     # -- setup -------------------------------------------------------------------------------------------------
 
@@ -145,13 +117,8 @@ class RLPruneCallback(PruningCallback):
                 "probes train the cut network with the module's training_step and the run's optimizer "
                 "(automatic optimization). Prune it with automatic optimization, or use DistributionPruneCallback."
             )
-        if self.groups:  # a resumed run keeps the groups it started with
-            return
-        chosen = self._choose_groups(network, inputs, graph)
-        self.groups = [g.name for g in chosen]
-        self.widths = {g.name: g.size for g in chosen}
         if isinstance(self.min_keep, int):
-            small = {g.name: g.size for g in chosen if g.size <= self.min_keep}
+            small = {n: w for n, w in self.widths.items() if w <= self.min_keep}
             if small:
                 raise MisconfigurationException(
                     f"RLPruneCallback: min_keep={self.min_keep} leaves nothing to prune in {small} "
@@ -160,19 +127,20 @@ class RLPruneCallback(PruningCallback):
 
     def _check_split(self, trainer: pl.Trainer) -> None:
         available = scoring.batch_count(scoring.validation_loader(trainer))
-        if available is None and self.check_batches is None:
+        if available is None and self.options.check_batches is None:
             raise MisconfigurationException(
                 "RLPruneCallback: the validation dataset has no length, so the batches after the reward batches that "
                 "the probes are measured on cannot be counted. Set options.check_batches (e.g. 20)."
             )
-        if available is not None and available < self.reward_batches + (self.check_batches or 1):
+        reward, needed = self.options.reward_batches, self.options.reward_batches + (self.options.check_batches or 1)
+        if available is not None and available < needed:
             raise MisconfigurationException(
-                f"RLPruneCallback: the probes are measured on validation batches after the {self.reward_batches} "
-                f"the search scores (options.reward_batches), so the validation split needs at least "
-                f"{self.reward_batches + (self.check_batches or 1)} batches, but it has {available}. Hold out more "
-                "training data for validation, or lower options.reward_batches / options.check_batches."
+                f"RLPruneCallback: the probes are measured on validation batches after the {reward} the search "
+                f"scores (options.reward_batches), so the validation split needs at least {needed} batches, but it "
+                f"has {available}. Hold out more training data for validation, or lower options.reward_batches / "
+                "options.check_batches."
             )
-        if self.probe_batches is None and scoring.batch_count(scoring.train_loader(trainer)) is None:
+        if self.options.probe_batches is None and scoring.batch_count(scoring.train_loader(trainer)) is None:
             raise MisconfigurationException(
                 "RLPruneCallback: the training data has no length, so a probe's cycle cannot be one epoch long. "
                 "Set options.probe_batches (e.g. 100)."
@@ -204,14 +172,14 @@ class RLPruneCallback(PruningCallback):
             return
         if not self.orders:
             self._learn_orders(trainer, pl_module)
-        cycle = self.probe_batches or int(trainer.num_training_batches)
+        cycle = self.options.probe_batches or int(trainer.num_training_batches)
         top = level.max_ratio(self.widths, self._floors())
         while len(self.probes) < self.options.probes:
             ratio = level.next_ratio(self.probes, self.b, top)
             self.probes.append(self._probe(trainer, pl_module, ratio, checks, cycle, remaining))
         chosen = level.choose(self.probes, self.b, top)
         self._cut_to(trainer, pl_module, chosen["ratio"])
-        self.history = self._records(pl_module)
+        self.record_cuts(trainer, pl_module, self.widths)
         self.level = {**chosen, "epoch": trainer.current_epoch, "macs_removed": self._macs_removed(pl_module)}
         tracking.log_level(trainer, self.probes, self.level)
         self.info(
@@ -294,25 +262,12 @@ class RLPruneCallback(PruningCallback):
         graph = surgery.build_graph(network, surgery.example_input(network, self.input_shape))
         self.cut(trainer, pl_module, cuts, graph, self.calibration(trainer, pl_module, self.seed))
 
-    def _records(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
-        network, cost = plan.network_of(pl_module), self.cost(pl_module)
-        return [
-            {
-                "index": i,
-                "name": name,
-                "before": self.widths[name],
-                "after": surgery.out_channels(network.get_submodule(name)),
-                **cost,
-            }
-            for i, name in enumerate(self.groups)
-        ]
-
     # -- where: each group's order, learned once -----------------------------------------------------------------
 
     def _learn_orders(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = plan.network_of(pl_module)
         graph = surgery.build_graph(network, surgery.example_input(network, self.input_shape))
-        batches = self.batches(trainer, pl_module, "val", self.reward_batches)
+        batches = self.batches(trainer, pl_module, "val", self.options.reward_batches)
         calibration = self.calibration(trainer, pl_module, self.seed)
         floors = self._floors()
         for index, name in enumerate(self.groups):
@@ -337,10 +292,10 @@ class RLPruneCallback(PruningCallback):
             weight,
             floor,
             seed=self.seed + index,
-            lr=self.agent_lr,
-            entropy_coef=self.entropy_coef,
-            init_keep=self.init_keep,
-            prior_scale=self.l1_prior,
+            lr=self.options.agent_lr,
+            entropy_coef=self.options.entropy_coef,
+            init_keep=self.options.init_keep,
+            prior_scale=self.options.l1_prior,
         )
         maps = surgery.output_channel_maps(network, graph, name)
         context = trainer.precision_plugin.forward_context
@@ -350,19 +305,19 @@ class RLPruneCallback(PruningCallback):
                 maps,
                 batches,
                 context,
-                self.cache,
-                self.max_cache_mb,
+                self.options.cache,
+                self.options.max_cache_mb,
                 calibration=calibration,
                 score=self.score,
             ) as scorer,
-            tracking.SearchTracker(trainer, name, index, len(self.groups), self.agent_updates) as track,
+            tracking.SearchTracker(trainer, name, index, len(self.groups), self.options.agent_updates) as track,
         ):
             p_star = scorer.accuracy()
-            for update in range(self.agent_updates):
-                masks = search.sample(self.num_samples)
+            for update in range(self.options.agent_updates):
+                masks = search.sample(self.options.num_samples)
                 scores = self.score_shared(trainer, pl_module, lambda i, m=masks: scorer.accuracy(m[i]), len(masks))
                 kept = masks.sum(1).tolist()
-                rewards = reward_values(self.reward, scores, kept, weight.shape[0], p_star, self.b)
+                rewards = reward_values(self.options.reward, scores, kept, weight.shape[0], p_star, self.b)
                 search.update(masks, rewards)
                 track.update(update, rewards, search.probs())
         return trainer.strategy.broadcast(search.probs(), src=0)
@@ -370,10 +325,10 @@ class RLPruneCallback(PruningCallback):
     # -- held-out measurements ---------------------------------------------------------------------------------
 
     def _check_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[scoring.Batch]:
-        count = self.check_batches
+        skip, count = self.options.reward_batches, self.options.check_batches
         if count is None:
-            count = scoring.batch_count(scoring.validation_loader(trainer)) - self.reward_batches
-        return self.batches(trainer, pl_module, "val", self.reward_batches + count)[self.reward_batches :]
+            count = scoring.batch_count(scoring.validation_loader(trainer)) - skip
+        return self.batches(trainer, pl_module, "val", skip + count)[skip:]
 
     def _batch_scores(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[scoring.Batch]
@@ -404,7 +359,7 @@ class RLPruneCallback(PruningCallback):
             "b": self.b,
             "baseline": baseline,
             "final": final,
-            "layers": self.history,
+            "layers": self.summary_layers(pl_module),
             "probes": self.probes,
             "level": self.level,
         }
@@ -413,7 +368,6 @@ class RLPruneCallback(PruningCallback):
 
     def _state(self) -> dict[str, Any]:
         return {
-            "widths": self.widths,
             "orders": self.orders,
             "dense": self.dense,
             "probes": self.probes,
@@ -427,15 +381,7 @@ class RLPruneCallback(PruningCallback):
                 "of the callback, which pruned in measured steps. Start the run without ckpt_path (the pruned "
                 "weights load with load_from_checkpoint), or resume with the version that saved it."
             )
-        self.widths = dict(state["widths"])
         self.orders = {name: list(order) for name, order in state["orders"].items()}
         self.dense = state["dense"]
         self.probes = list(state["probes"])
         self.level = state["level"]
-
-
-def _describe(metric: MetricSpec) -> str:
-    """A metric argument as plain data for loggers."""
-    if metric is None:
-        return "top1"
-    return getattr(metric, "__name__", None) or type(metric).__name__

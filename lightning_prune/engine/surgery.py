@@ -786,7 +786,7 @@ def _output_shapes(out: Any) -> list[tuple[int, ...]]:
 
 
 def candidate_groups(
-    model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | None = None
+    model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | None = None, graph: Any = None
 ) -> tuple[list[ChannelGroup], dict[str, str]]:
     """The groups that can be pruned (optionally those `layers` selects), dry-run checked, and
     `{name: reason}` for every group left out. A model whose graph cannot be traced gives `([], {"<model>": why})`.
@@ -795,7 +795,7 @@ def candidate_groups(
         ValueError: an entry of `layers` matches no group (see `select_groups`).
     """
     try:
-        graph = build_graph(model, inputs)
+        graph = graph if graph is not None else build_graph(model, inputs)
     except UnsupportedModelError as err:
         return [], {"<model>": str(err)}
     skipped: dict[str, str] = {}

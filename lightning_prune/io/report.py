@@ -1,7 +1,7 @@
 """What pruning did to a checkpoint's model: channels per pruned layer and whole-model params and MACs.
 
-The layers come from the pruning plan in the module's state dict and, when the checkpoint holds it, from
-`RLPruneCallback`'s state (which also has the layers the agents searched but left whole, and their accuracies).
+The layers come from the pruning plan in the module's state dict and, when the checkpoint holds one, from the
+pruning callback's history (`lightning_prune.callbacks.history`, the same for both callbacks).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from lightning_prune.callbacks import history
 from lightning_prune.engine import surgery
 from lightning_prune.engine.cost import model_cost
 from lightning_prune.engine.plan import PLAN_KEY, PruningPlan, network_of
@@ -22,17 +23,12 @@ from lightning_prune.io.export import CheckpointError, check_writable, load_prun
 from lightning_prune.zoo.module import ImageClassifier
 
 
-def _callback_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """A pruning callback's saved state: the callback entry with a pruning history."""
-    for state in (checkpoint.get("callbacks") or {}).values():
+def _callback_state(checkpoint: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A pruning callback's name and saved state (in the current history schema): the entry with a history."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
         if isinstance(state, dict) and {"groups", "history", "baseline"} <= set(state):
-            return state
+            return key.split("{")[0], history.upgrade(state)
     return None
-
-
-def _layers_done(history: list[dict[str, Any]]) -> set[str]:
-    """The groups a history records: RLPruneCallback's by name, DistributionPruneCallback's by what it removed."""
-    return {r["name"] for r in history if "name" in r} | {n for r in history for n in r.get("removed", {})}
 
 
 def _unpruned(module: nn.Module) -> nn.Module:
@@ -57,30 +53,22 @@ def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifie
     """
     checkpoint = read_checkpoint(path)
     plan = PruningPlan.from_state(checkpoint["state_dict"][PLAN_KEY])
-    callback = _callback_state(checkpoint)
+    found = _callback_state(checkpoint)
+    name, callback = found if found is not None else (None, None)
     if not plan.steps and not (callback and callback["history"]):
         raise CheckpointError(
-            f"'{path}' holds no pruning information: its pruning plan is empty and no RLPruneCallback search "
-            "is recorded in it. Report a checkpoint saved after RLPruneCallback (or a `prune` call) pruned the model."
+            f"'{path}' holds no pruning information: its pruning plan is empty and no pruning callback's history "
+            "is recorded in it. Report a checkpoint saved after a pruning callback (or `plan.prune`) cut the model."
         )
     pruned = load_pruned(path, model_class)
     unpruned = _unpruned(pruned)
     network_before, network_after = network_of(unpruned), network_of(pruned)
-    history = callback["history"] if callback else []
-    searched = {r["name"]: r for r in history if "name" in r}  # RLPruneCallback: a record per group
-    names = list(dict.fromkeys([*searched, *plan.layers]))
+    records = callback["history"] if callback else []
     layers = []
-    for name in names:
-        before = surgery.out_channels(network_before.get_submodule(name))
-        after = surgery.out_channels(network_after.get_submodule(name))
-        record = searched.get(name, {})
-        layers.append({
-            "name": name,
-            "before": before,
-            "after": after,
-            "removed_pct": _percent_removed(before, after),
-            "decision_acc": record.get("decision_acc"),
-        })  # fmt: skip
+    for layer in dict.fromkeys([*(r["name"] for r in records), *plan.layers]):
+        before = surgery.out_channels(network_before.get_submodule(layer))
+        after = surgery.out_channels(network_after.get_submodule(layer))
+        layers.append({"name": layer, "before": before, "after": after, "removed_pct": _percent_removed(before, after)})
     shape = plan.input_shape
     cost_before = model_cost(network_before, surgery.example_input(network_before, shape))
     cost_after = model_cost(network_after, surgery.example_input(network_after, shape))
@@ -95,7 +83,8 @@ def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifie
     search = None
     if callback is not None:
         search = {
-            "layers_done": len(_layers_done(history)),
+            "callback": name,
+            "layers_done": len({r["name"] for r in records}),
             "layers_total": len(callback["groups"]),
             "baseline_val_acc": (callback["baseline"] or {}).get("val_acc"),
         }
@@ -120,16 +109,12 @@ def to_json(report: dict[str, Any]) -> str:
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """The per-layer table and the whole-model totals, with rich."""
     console = console or Console()
-    with_acc = any(layer["decision_acc"] is not None for layer in report["layers"])
     table = Table(title=f"Pruned layers of {report['model']}", caption=report["checkpoint"])
     table.add_column("layer")
-    for column in ("channels before", "channels after", "removed") + (("decision acc",) if with_acc else ()):
+    for column in ("channels before", "channels after", "removed"):
         table.add_column(column, justify="right")
     for layer in report["layers"]:
-        row = [layer["name"], str(layer["before"]), str(layer["after"]), f"{layer['removed_pct']:.1f}%"]
-        if with_acc:
-            row.append("-" if layer["decision_acc"] is None else f"{layer['decision_acc']:.2f}")
-        table.add_row(*row)
+        table.add_row(layer["name"], str(layer["before"]), str(layer["after"]), f"{layer['removed_pct']:.1f}%")
     console.print(table)
     for key, label in (("params", "params"), ("macs", "MACs")):
         total = report[key]
@@ -141,7 +126,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     if search is not None:
         acc = search["baseline_val_acc"]
         console.print(
-            f"RLPruneCallback: {search['layers_done']}/{search['layers_total']} layers searched"
+            f"{search['callback']}: {search['layers_done']}/{search['layers_total']} layers pruned"
             + (f"; val acc before pruning {acc:.2f}" if acc is not None else ""),
             highlight=False,
         )

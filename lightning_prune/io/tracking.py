@@ -212,6 +212,13 @@ def probe_rows(probes: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """`metrics` to every logger at the current step, from rank 0."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+
 def log_level(trainer: pl.Trainer, probes: list[dict[str, Any]], level: dict[str, Any]) -> None:
     """The chosen level to every logger (`prune/level/...`), and the probes as a W&B table (`prune/probes`)."""
     if not trainer.is_global_zero:
@@ -222,8 +229,7 @@ def log_level(trainer: pl.Trainer, probes: list[dict[str, Any]], level: dict[str
         "prune/level/predicted_drop": float(level["predicted"]),
         "prune/level/margin": float(level["margin"]),
     }
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=trainer.global_step)
+    log_metrics(trainer, metrics)
     for logger in wandb_loggers(trainer):
         logger.log_table("prune/probes", columns=PROBE_COLUMNS, data=probe_rows(probes), step=trainer.global_step)
 
@@ -254,32 +260,21 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-LAYER_COLUMNS = ["layer", "filters_before", "filters_after", "removed_pct", "decision_acc", "params", "macs"]
-"""Columns of the per-layer table; `params` and `macs` are the whole model's after that layer was cut."""
+LAYER_COLUMNS = ["layer", "filters_before", "filters_after", "removed_pct"]
+"""Columns of the per-layer table."""
 
 
 def layer_rows(summary: dict[str, Any]) -> list[list[Any]]:
     """One row per pruned layer, in `LAYER_COLUMNS` order."""
     return [
-        [
-            layer["name"],
-            layer["before"],
-            layer["after"],
-            round(100 * (1 - layer["after"] / layer["before"]), 2),
-            None if layer.get("decision_acc") is None else round(float(layer["decision_acc"]), 2),
-            layer["params"],
-            layer["macs"],
-        ]
+        [layer["name"], layer["before"], layer["after"], round(100 * (1 - layer["after"] / layer["before"]), 2)]
         for layer in summary["layers"]
     ]
 
 
 def layer_widths(summary: dict[str, Any]) -> dict[str, list[int]]:
-    """Each pruned layer's filters before its first cut and after its last (a layer may be cut in several steps)."""
-    widths: dict[str, list[int]] = {}
-    for layer in summary["layers"]:
-        widths.setdefault(layer["name"], [layer["before"], layer["after"]])[1] = layer["after"]
-    return widths
+    """Each layer's filters before pruning and after it."""
+    return {layer["name"]: [layer["before"], layer["after"]] for layer in summary["layers"]}
 
 
 def channels_chart(summary: dict[str, Any]) -> np.ndarray:

@@ -29,21 +29,6 @@ def l1_prior(weight: torch.Tensor, scale: float) -> torch.Tensor:
     return scale * (norms - norms.mean()) / (norms.std(correction=0) + 1e-8)
 
 
-def is_min_keep(value: object) -> bool:
-    """Whether `value` is a valid `min_keep`: a count (int >= 1) or a fraction (float in (0, 1)); a fraction of 1
-    would keep every filter."""
-    if isinstance(value, bool):
-        return False
-    return (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value < 1)
-
-
-def min_keep_count(min_keep: int | float, n: int) -> int:
-    """Filters that must stay: `min_keep` as a count (int >= 1) or a fraction of `n` (float in (0, 1))."""
-    # rounded first: 0.07 * 100 is 7.000000000000001 in floating point, which must still mean 7 filters
-    count = math.ceil(round(min_keep * n, 9)) if isinstance(min_keep, float) else int(min_keep)
-    return min(max(count, 1), n)
-
-
 class LayerAgent(nn.Module):
     """Maps each filter's weights to its keep probability.
 

@@ -66,11 +66,11 @@ def test_resnet56_reaches_the_channel_target_in_steps_and_reloads(tmp_path) -> N
     module = _fit("resnet56", cb, epochs=2, limit_train_batches=1)
     sizes = _channels(module, cb.groups)
     removed = 1 - sum(sizes) / sum(cb.sizes)
-    assert len(cb.history) == 2 and cb.done
-    assert [h["epoch"] for h in cb.history] == [0, 1]
+    assert len(cb.steps) == 2 and cb.done
+    assert [h["epoch"] for h in cb.steps] == [0, 1] and {r["step"] for r in cb.history} == {0, 1}
     assert 0.5 <= removed <= 0.5 + 0.3 and removed == pytest.approx(0.5, abs=1 / sum(cb.sizes))
     assert all(s >= 1 for s in sizes) and "layer2.0.shortcut.0" in cb.groups  # residual groups, none emptied
-    assert cb.history[0]["channels_reduction"] == pytest.approx(0.3, abs=1 / sum(cb.sizes))
+    assert cb.steps[0]["channels_reduction"] == pytest.approx(0.3, abs=1 / sum(cb.sizes))
     assert len(cb.search.probs) == len(cb.groups) == 30
     assert (tmp_path / "pruning_summary.json").exists()
 
@@ -107,11 +107,11 @@ def test_resuming_mid_schedule_gives_the_uninterrupted_result(tmp_path) -> None:
     full, full_cb = run()
     checkpoint = next(tmp_path.glob("epoch=0-*.ckpt"))
     saved = torch.load(checkpoint, weights_only=True)["callbacks"]["DistributionPruneCallback"]
-    assert len(saved["history"]) == 1  # saved between the two steps
+    assert len(saved["steps"]) == 1  # saved between the two steps
     resumed, resumed_cb = run(str(checkpoint))
-    assert resumed.plan.state() == full.plan.state() and len(full.plan.steps) > len(saved["history"])
+    assert resumed.plan.state() == full.plan.state() and len(full.plan.steps) > len(saved["steps"])
     assert torch.equal(resumed_cb.search.probs, full_cb.search.probs)
-    assert [h["epoch"] for h in resumed_cb.history] == [0, 1]
+    assert [h["epoch"] for h in resumed_cb.steps] == [0, 1] and resumed_cb.history == full_cb.history
 
 
 @pytest.mark.parametrize(
@@ -178,6 +178,6 @@ def test_selectable_from_the_cli_config(monkeypatch) -> None:
     cli = PruneCLI(ImageClassifier, pl.LightningDataModule, subclass_mode_data=True, run=False, args=config)
     prune, distil = cli.trainer.callbacks[:2]
     assert isinstance(prune, DistributionPruneCallback)
-    assert (prune.target, prune.target_type, prune.criterion) == (0.3, "macs", "taylor")
+    assert (prune.target, prune.target_type, prune.options.criterion) == (0.3, "macs", "taylor")
     assert prune.options == DistributionOptions(criterion="taylor")
     assert distil.temperature == 2.0

@@ -117,7 +117,7 @@ def _callback_config(tmp_path: Path, init_args: str) -> str:
         ("{b: -1}", [], ["RLPruneCallback: b=-1"]),  # the callback's own message, from its constructor
         ("{options: {num_samples: 2.5}}", [], ["options", "num_samples", "2.5"]),  # the parser's, at the failed key
         ("{num_samples: 2}", [], ["num_samples", "is not accepted"]),  # an option given as an argument
-        ("{options: {agent_updates: 0}}", [], ["RLPruneCallback: options.agent_updates=0 must be >= 1"]),
+        ("{options: {agent_updates: 0}}", [], ["RLOptions: options.agent_updates=0 must be >= 1"]),
         ("{layers: features.0}", [], ["layers", "features.0"]),
         ("{}", ["--model.lr", "-1"], ["lr must be positive"]),  # the model's constructor
         ("{}", ["--trainer.bogus", "1"], ["unrecognized arguments: --trainer.bogus"]),

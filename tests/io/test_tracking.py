@@ -274,7 +274,7 @@ def test_tqdm_search_line_only_on_a_terminal(tmp_path: Path, monkeypatch: pytest
 
 
 def _summary_dict(base_acc: float | None, final_acc: float | None) -> dict[str, Any]:
-    layer = {"name": "features.0", "before": 8, "after": 2, "decision_acc": 80.0, "params": 900, "macs": 5000}
+    layer = {"name": "features.0", "before": 8, "after": 2}
     return {
         "b": 1.0,
         "baseline": {"params": 1000, "macs": 10000, "val_acc": base_acc},
@@ -291,7 +291,7 @@ def test_final_metrics_and_layer_rows() -> None:
     without_acc = tracking.final_metrics(_summary_dict(None, None))
     assert not any(key.endswith(("val_acc", "acc_drop")) for key in without_acc)
     rows = tracking.layer_rows(_summary_dict(90.0, 89.5))
-    assert rows[0] == ["features.0", 8, 2, 75.0, 80.0, 900, 5000] and rows[1][3] == 0.0
+    assert rows[0] == ["features.0", 8, 2, 75.0] and rows[1][3] == 0.0
     assert tracking.layer_key("layer1.0.conv1", "reward_mean") == "prune/layer1_0_conv1/reward_mean"
 
 

@@ -12,7 +12,6 @@ from lightning_prune.search.agents import (
     filter_features,
     l1_prior,
     log_prob,
-    min_keep_count,
     reinforce_loss,
     sample_masks,
 )
@@ -128,14 +127,6 @@ def test_bandit_learns_which_filters_to_remove() -> None:
     assert (probs[~useless] > 0.5).all(), probs
     assert torch.equal(search.probs() >= 0.5, ~useless)
     assert search.updates == 50
-
-
-@pytest.mark.parametrize(
-    ("min_keep", "n", "expected"),
-    [(1, 10, 1), (4, 10, 4), (20, 10, 10), (0, 10, 1), (0.1, 64, 7), (0.5, 10, 5), (0.07, 100, 7), (1.0, 8, 8)],
-)
-def test_min_keep_count(min_keep: int | float, n: int, expected: int) -> None:
-    assert min_keep_count(min_keep, n) == expected
 
 
 def _search(seed: int = 3) -> LayerSearch:
