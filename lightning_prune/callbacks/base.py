@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -30,12 +30,11 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.seed import isolate_rng
-from torch.nn.parallel import DistributedDataParallel
 
 from lightning_prune.callbacks import history
 from lightning_prune.callbacks.options import ScoringOptions, check, is_int, is_min_keep
+from lightning_prune.callbacks.session import Session
 from lightning_prune.engine import plan, scoring, surgery
-from lightning_prune.engine.cost import model_cost
 from lightning_prune.engine.metric import MetricSpec, Score, Unpack, calibrate, make_score, unpack_pair
 from lightning_prune.io import tracking
 from lightning_prune.zoo.module import ImageClassifierBase
@@ -128,10 +127,11 @@ class PruningCallback(Callback):
         """Whether a pruning step is due at the current epoch."""
         raise NotImplementedError
 
-    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _step(self, trainer: pl.Trainer, run: Session) -> None:
+        """Take the pruning step due now."""
         raise NotImplementedError
 
-    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
+    def _summary(self, trainer: pl.Trainer, run: Session) -> dict[str, Any] | None:
         """The run's summary (None: nothing was pruned)."""
         raise NotImplementedError
 
@@ -385,14 +385,11 @@ class PruningCallback(Callback):
         """The summary's baseline: `monitor` as logged now (None before it is), else `p_star` (the metric)."""
         return self.monitored(trainer) if self.monitor is not None else p_star
 
-    def final_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+    def final_score(self, trainer: pl.Trainer, run: Session) -> float | None:
         """`monitor`, or the metric on the validation batches candidates are scored on."""
         if self.monitor is not None:
             return self.monitored(trainer)
-        batches = self.batches(trainer, pl_module, "val", self.options.reward_batches)
-        return scoring.evaluate(
-            plan.network_of(pl_module), batches, trainer.precision_plugin.forward_context, self.score
-        )
+        return run.evaluate(run.batches("val", self.options.reward_batches))
 
     # -- schedule ------------------------------------------------------------------------------------------
 
@@ -406,10 +403,10 @@ class PruningCallback(Callback):
         # training are those of a run without pruning, and a resumed run continues them exactly.
         with isolate_rng():
             while self._due(trainer):
-                self._step(trainer, pl_module)
+                self._step(trainer, Session(self, trainer, pl_module))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        summary = self._summary(trainer, pl_module)
+        summary = self._summary(trainer, Session(self, trainer, pl_module))
         if summary is None:
             return
         summary["monitor"] = self.monitor or "metric"
@@ -417,21 +414,6 @@ class PruningCallback(Callback):
         tracking.log_final(trainer, summary)
 
     # -- shared services of a pruning step -----------------------------------------------------------------
-
-    def batches(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        split: Literal["train", "val"],
-        count: int,
-        seed: int | None = None,
-        shuffle: bool = False,
-    ) -> list[scoring.Batch]:
-        """The first `count` batches of a split as `(inputs, target)` (see `scoring.first_batches`)."""
-        return scoring.first_batches(trainer, pl_module, split, count, seed, shuffle, self.unpack)
-
-    def calibration(self, trainer: pl.Trainer, pl_module: pl.LightningModule, seed: int) -> list[torch.Tensor]:
-        return [x for x, _ in self.batches(trainer, pl_module, "train", self.options.calibration_batches, seed=seed)]
 
     @property
     def score(self) -> Score:
@@ -441,79 +423,14 @@ class PruningCallback(Callback):
             score.scale = self._score.scale
         return score
 
-    def cost(self, pl_module: pl.LightningModule) -> dict[str, int]:
-        """Params and MACs of the module's network now."""
-        network = plan.network_of(pl_module)
-        return model_cost(network, surgery.example_input(network, self.input_shape)).as_dict()
-
-    def score_shared(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        score: Callable[[int], float],
-        n: int,
-        layer: str | None = None,
-    ) -> list[float]:
-        """`score(i)` for i < n, each rank computing its share; the scores are summed across ranks. A score that
-        is not finite (NaN: the candidate's outputs or metric were not, see `scoring.evaluate`) comes back as
-        -inf, so a higher-is-better choice refuses it, with a warning naming `layer`."""
-        values = torch.zeros(n, dtype=torch.float64, device=pl_module.device)
-        for i in range(trainer.global_rank, n, trainer.world_size):
-            value = score(i)
-            values[i] = value if math.isfinite(value) else -math.inf
-        if trainer.world_size > 1:
-            values = trainer.strategy.reduce(values, reduce_op="sum")
-        refused = int(torch.isinf(values).sum())
-        if refused:
-            rank_zero_warn(
-                f"{type(self).__name__}: {refused} of {n} candidates of {layer or 'the model'} gave outputs or a "
-                "score that are not finite (NaN or inf) and are refused."
-            )
-        return values.tolist()
-
-    def cut(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        removals: dict[str, list[int]],
-        graph: Any,
-        calibration: Sequence[torch.Tensor],
-    ) -> dict[str, list[int]]:
-        """Remove rank 0's `removals` (group name -> filter indices) on every rank, with the optimizers following,
-        rebuild a DDP wrapper and re-estimate BatchNorm statistics. A cut that fails is skipped with a warning,
-        the model, optimizers and plan as before it. Returns the cuts made."""
-        removals = trainer.strategy.broadcast(removals, src=0)
-        done = {}
-        for name, idxs in removals.items():
-            try:
-                step = plan.prune(pl_module, name, idxs, graph, trainer.optimizers)
-            except Exception as err:  # noqa: BLE001 - surgery restored the model; training goes on
-                rank_zero_warn(f"{type(self).__name__}: cutting {name} failed and was skipped ({err}).")
-                continue
-            done[name] = step[2]  # grouped convolutions cut whole units: what was removed
-        if done:
-            if isinstance(trainer.strategy.model, DistributedDataParallel):
-                trainer.strategy.model = pl_module
-                trainer.strategy.configure_ddp()
-            scoring.reestimate_batchnorm(
-                plan.network_of(pl_module), calibration, trainer.precision_plugin.forward_context
-            )
-        return done
-
-    def record_cuts(self, trainer: pl.Trainer, pl_module: pl.LightningModule, before: dict[str, int]) -> None:
+    def record_cuts(self, trainer: pl.Trainer, run: Session, before: dict[str, int]) -> None:
         """Add this step's records to the history: each group whose width fell from `before` (`history` schema)."""
         step = 1 + max((r["step"] for r in self.history), default=-1)
-        after = self.current_widths(pl_module)
-        self.history += history.cut_records(step, trainer.current_epoch, before, after, self.cost(pl_module))
+        self.history += history.cut_records(step, trainer.current_epoch, before, run.widths(), run.cost())
 
-    def current_widths(self, pl_module: pl.LightningModule) -> dict[str, int]:
-        """Each group's filters now."""
-        network = plan.network_of(pl_module)
-        return {name: surgery.out_channels(network.get_submodule(name)) for name in self.groups}
-
-    def summary_layers(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+    def summary_layers(self, run: Session) -> list[dict[str, Any]]:
         """The summary's layers: every group's filters before pruning and now."""
-        now = self.current_widths(pl_module)
+        now = run.widths()
         return [{"name": name, "before": self.widths[name], "after": now[name]} for name in self.groups]
 
     def info(self, message: str) -> None:

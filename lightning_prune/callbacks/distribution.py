@@ -14,7 +14,8 @@ from torch import nn
 
 from lightning_prune.callbacks.base import PruningCallback
 from lightning_prune.callbacks.options import DistributionOptions, check, is_number
-from lightning_prune.engine import plan, surgery
+from lightning_prune.callbacks.session import Session
+from lightning_prune.engine import surgery
 from lightning_prune.engine.cost import model_cost
 from lightning_prune.engine.metric import MetricSpec
 from lightning_prune.io import tracking
@@ -182,7 +183,8 @@ class DistributionPruneCallback(PruningCallback):
 
     # -- one pruning step ----------------------------------------------------------------------------------
 
-    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _distribution(self) -> DistributionSearch:
+        """The search, built at the first step (or from a resumed run's state)."""
         if self.search is None:
             o = self.options
             self.search = DistributionSearch(
@@ -191,53 +193,42 @@ class DistributionPruneCallback(PruningCallback):
             )  # fmt: skip
             if self._search_state is not None:
                 self.search.load_state_dict(self._search_state)
-        model = plan.network_of(pl_module)
-        inputs = surgery.example_input(model, self.input_shape)
-        graph = surgery.build_graph(model, inputs)
-        group_maps = {name: surgery.output_channel_maps(model, graph, name) for name in self.groups}
-        sizes = torch.tensor([surgery.out_channels(model.get_submodule(name)) for name in self.groups])
-        costs = CostModel.of(model, graph, self.groups, inputs)
-        counts_of = self._counts_rule(sizes, costs)
-        context = trainer.precision_plugin.forward_context
+        return self.search
+
+    def _importance(self, run: Session, group_maps: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Each group's filter importance by `options.criterion`."""
+        criterion = self.options.criterion
         convs = list(dict.fromkeys(m for maps in group_maps.values() for m, _ in maps if isinstance(m, nn.Conv2d)))
-        taylor = (
-            self.batches(trainer, pl_module, "train", self.options.taylor_batches)
-            if self.options.criterion == "taylor"
-            else ()
-        )
-        importance = group_importance(group_maps, filter_scores(model, convs, self.options.criterion, taylor, context))
+        taylor = run.batches("train", self.options.taylor_batches) if criterion == "taylor" else ()
+        return group_importance(group_maps, filter_scores(run.network, convs, criterion, taylor, run.context))
+
+    def _step(self, trainer: pl.Trainer, run: Session) -> None:
+        search, model, graph = self._distribution(), run.network, run.graph()
+        group_maps = {name: surgery.output_channel_maps(model, graph, name) for name in self.groups}
+        before = run.widths()
+        sizes = torch.tensor([before[name] for name in self.groups])
+        costs = CostModel.of(model, graph, self.groups, surgery.example_input(model, self.input_shape))
+        importance = self._importance(run, group_maps)
 
         def removals(counts: torch.Tensor) -> dict[str, list[int]]:
             """The least important filters of each group, as many as `counts` says."""
             pairs = zip(self.groups, counts.tolist(), strict=True)
             return {name: removed_filters(importance[name], c) for name, c in pairs if c > 0}
 
-        def sample_score(counts: torch.Tensor) -> float:
-            removed = removals(counts).items()
-            return scorer.accuracy_of({name: keep_mask(len(importance[name]), r) for name, r in removed})
-
         def score(counts: torch.Tensor) -> list[dict[str, float]]:
-            """Each rank scores its share of the samples."""
-            accs = self.score_shared(
-                trainer, pl_module, lambda i: sample_score(counts[i]), len(counts), "groups " + ", ".join(self.groups)
-            )
-            macs, params = costs.cost(counts)
-            rows = []
-            for acc, m, p in zip(accs, macs.tolist(), params.tolist(), strict=True):
-                red_macs, red_params = 1 - m / self.base["macs"], 1 - p / self.base["params"]
-                q = q_score(acc, red_macs, red_params, self.options.alpha, self.options.beta)
-                rows.append({"q": q, "accuracy": acc, "macs_reduction": red_macs, "params_reduction": red_params})
-            return rows
+            """Q of each sample, each rank scoring its share."""
+            masks = [{n: keep_mask(len(importance[n]), r) for n, r in removals(c).items()} for c in counts]
+            accs = run.shared(lambda i: scorer.accuracy_of(masks[i]), len(counts), "groups " + ", ".join(self.groups))
+            return self._q_rows(accs, *costs.cost(counts))
 
-        batches = self.batches(trainer, pl_module, "val", self.options.reward_batches)
-        seed = self.seed + len(self.steps)
-        calibration = self.calibration(trainer, pl_module, seed)
-        with GroupScorer(model, group_maps, batches, context, calibration, self.score) as scorer:
+        calibration = run.calibration(self.seed + len(self.steps))
+        batches = run.batches("val", self.options.reward_batches)
+        with GroupScorer(model, group_maps, batches, run.context, calibration, self.score) as scorer:
             if self.p_star is None:
                 self.p_star = scorer.accuracy()
                 self.baseline = {**self.base, "val_acc": self.baseline_score(trainer, self.p_star)}
-            epsilon = self.search.epsilon
-            best = self.search.search(counts_of, score)
+            epsilon = search.epsilon
+            best = search.search(self._counts_rule(sizes, costs), score)
         if not math.isfinite(best.details["q"]):
             self.done = True
             rank_zero_warn(
@@ -245,22 +236,30 @@ class DistributionPruneCallback(PruningCallback):
                 f"score (groups {', '.join(self.groups)}): nothing is cut and pruning stops."
             )
             return
-        before = dict(zip(self.groups, sizes.tolist(), strict=True))
-        decision = self.cut(trainer, pl_module, removals(best.counts), graph, calibration)
-        self._record(trainer, pl_module, decision, best.details, epsilon, before)
+        decision = run.cut(removals(best.counts), graph, calibration)
+        self._record(trainer, run, decision, best.details, epsilon, before)
+
+    def _q_rows(self, accs: list[float], macs: torch.Tensor, params: torch.Tensor) -> list[dict[str, float]]:
+        """Each sample's Q with its score and reductions."""
+        rows = []
+        for acc, m, p in zip(accs, macs.tolist(), params.tolist(), strict=True):
+            red_macs, red_params = 1 - m / self.base["macs"], 1 - p / self.base["params"]
+            q = q_score(acc, red_macs, red_params, self.options.alpha, self.options.beta)
+            rows.append({"q": q, "accuracy": acc, "macs_reduction": red_macs, "params_reduction": red_params})
+        return rows
 
     def _record(
         self,
         trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        run: Session,
         decision: dict[str, list[int]],
         details: dict[str, float],
         epsilon: float,
         before: dict[str, int],
     ) -> None:
-        model = plan.network_of(pl_module)
-        sizes = torch.tensor([surgery.out_channels(model.get_submodule(name)) for name in self.groups])
-        cost = self.cost(pl_module)
+        now = run.widths()
+        sizes = torch.tensor([now[name] for name in self.groups])
+        cost = run.cost()
         reduction = self._reduction(sizes, cost)
         achieved = reduction[f"{self.target_type}_reduction"]
         if self.target_type == "channels":
@@ -286,7 +285,7 @@ class DistributionPruneCallback(PruningCallback):
             "distribution": [round(p, 5) for p in self.search.probs.tolist()],
         }
         self.steps.append(record)
-        self.record_cuts(trainer, pl_module, before)
+        self.record_cuts(trainer, run, before)
         metrics = {f"prune/{k}": float(record[k]) for k in ("q", "decision_acc", "epsilon", "macs", "params")}
         tracking.log_metrics(trainer, {**metrics, **{f"prune/{k}": v for k, v in reduction.items()}})
         self.info(
@@ -296,7 +295,7 @@ class DistributionPruneCallback(PruningCallback):
             f"{100 * self.target:.0f}%)"
         )
 
-    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
+    def _summary(self, trainer: pl.Trainer, run: Session) -> dict[str, Any] | None:
         if not self.steps:
             return None
         if not self.done:
@@ -308,8 +307,8 @@ class DistributionPruneCallback(PruningCallback):
             "target": self.target,
             "target_type": self.target_type,
             "baseline": self.baseline,
-            "final": {**self.cost(pl_module), "val_acc": self.final_score(trainer, pl_module)},
-            "layers": self.summary_layers(pl_module),
+            "final": {**run.cost(), "val_acc": self.final_score(trainer, run)},
+            "layers": self.summary_layers(run),
             "steps": self.steps,
         }
 

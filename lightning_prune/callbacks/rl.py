@@ -11,16 +11,14 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lightning_prune.callbacks.base import PruningCallback
+from lightning_prune.callbacks.group_search import GroupSearch
 from lightning_prune.callbacks.options import RLOptions, is_number
-from lightning_prune.engine import plan, scoring, surgery
-from lightning_prune.engine.cycle import train_cycle
+from lightning_prune.callbacks.session import Session
+from lightning_prune.engine import scoring
 from lightning_prune.engine.metric import MetricSpec
-from lightning_prune.engine.snapshot import TrainingSnapshot
 from lightning_prune.io import tracking
 from lightning_prune.search import level
-from lightning_prune.search.agents import LayerSearch
 from lightning_prune.search.floors import min_keep_count
-from lightning_prune.search.reward import reward_values
 
 
 class RLPruneCallback(PruningCallback):
@@ -157,12 +155,11 @@ class RLPruneCallback(PruningCallback):
     def _due(self, trainer: pl.Trainer) -> bool:
         return self.level is None and trainer.current_epoch >= self.start_epoch
 
-    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        remaining = self._remaining_batches(trainer)
-        checks = self._check_batches(trainer, pl_module)
-        self.dense = self._batch_scores(trainer, pl_module, checks)
-        base_score = sum(self.dense) / len(self.dense)
-        self.baseline = {**self.cost(pl_module), "val_acc": self.baseline_score(trainer, base_score)}
+    def _step(self, trainer: pl.Trainer, run: Session) -> None:
+        remaining = _remaining_batches(trainer)
+        checks = self._check_batches(run)
+        self.dense = run.batch_scores(checks)
+        self.baseline = {**run.cost(), "val_acc": self.baseline_score(trainer, sum(self.dense) / len(self.dense))}
         if remaining < 1:
             rank_zero_warn(
                 f"RLPruneCallback: no training is left after epoch {trainer.current_epoch} to fine-tune a pruned "
@@ -171,75 +168,50 @@ class RLPruneCallback(PruningCallback):
             self.level = {"ratio": 0.0, "predicted": 0.0, "epoch": trainer.current_epoch}
             return
         if not self.orders:
-            self._learn_orders(trainer, pl_module)
+            self._learn_orders(run)
         cycle = self.options.probe_batches or int(trainer.num_training_batches)
         top = level.max_ratio(self.widths, self._floors())
         while len(self.probes) < self.options.probes:
             ratio = level.next_ratio(self.probes, self.b, top)
-            self.probes.append(self._probe(trainer, pl_module, ratio, checks, cycle, remaining))
+            self.probes.append(self._probe(run, ratio, checks, cycle, remaining))
         chosen = level.choose(self.probes, self.b, top)
-        self._cut_to(trainer, pl_module, chosen["ratio"])
-        self.record_cuts(trainer, pl_module, self.widths)
-        self.level = {**chosen, "epoch": trainer.current_epoch, "macs_removed": self._macs_removed(pl_module)}
+        self._cut_to(run, chosen["ratio"])
+        self.record_cuts(trainer, run, self.widths)
+        self.level = {**chosen, "epoch": trainer.current_epoch, "macs_removed": self._macs_removed(run)}
         tracking.log_level(trainer, self.probes, self.level)
         self.info(
             f"pruned {100 * self.level['macs_removed']:.1f}% of the MACs (ratio {chosen['ratio']:.3f} of every "
             f"group), predicted final drop {chosen['predicted']:.2f} of b={self.b}"
         )
 
-    def _remaining_batches(self, trainer: pl.Trainer) -> float:
-        """Training batches left in the run from the current epoch on (inf: no limit)."""
-        left = math.inf
-        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
-            left = (trainer.max_epochs - trainer.current_epoch) * trainer.num_training_batches
-        if trainer.max_steps is not None and trainer.max_steps >= 0:
-            left = min(left, trainer.max_steps - trainer.global_step)
-        return left
-
     def _floors(self) -> dict[str, int]:
         return {name: min_keep_count(self.min_keep, width) for name, width in self.widths.items()}
 
-    def _macs_removed(self, pl_module: pl.LightningModule) -> float:
-        return 1 - self.cost(pl_module)["macs"] / self.baseline["macs"]
+    def _macs_removed(self, run: Session) -> float:
+        return 1 - run.cost()["macs"] / self.baseline["macs"]
 
-    def _probe(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        ratio: float,
-        checks: list[scoring.Batch],
-        cycle: int,
-        remaining: float,
-    ) -> dict[str, Any]:
+    def _probe(self, run: Session, ratio: float, checks: list[scoring.Batch], cycle: int, remaining: float) -> dict:
         """Cut to `ratio`, train a decaying cycle from the cut (the first probe also one `level.SPAN` times as
         long, which measures how much of the drop training recovers), read the paired drop after each; then undo
         it all and predict the drop after `remaining` batches."""
         lengths = [cycle] if self.probes else [cycle, level.SPAN * cycle]
-        snapshot = TrainingSnapshot(trainer, pl_module)
-        readings = []
+        snapshot, readings = run.snapshot(), []
         try:
-            self._cut_to(trainer, pl_module, ratio)
-            macs_removed = self._macs_removed(pl_module)
+            self._cut_to(run, ratio)
+            macs_removed = self._macs_removed(run)
             for i, length in enumerate(lengths):
-                cut = TrainingSnapshot(trainer, pl_module) if i + 1 < len(lengths) else None
-                train_cycle(trainer, pl_module, length, seed=self.seed + len(self.probes) + i)
-                readings.append(level.paired_drop(self.dense, self._batch_scores(trainer, pl_module, checks)))
+                cut = run.snapshot() if i + 1 < len(lengths) else None
+                run.train(length, seed=self.seed + len(self.probes) + i)
+                readings.append(level.paired_drop(self.dense, run.batch_scores(checks)))
                 if cut is not None:
-                    cut.restore(trainer)
+                    cut.restore(run.trainer)
         finally:
-            snapshot.restore(trainer)
+            snapshot.restore(run.trainer)
         first = self.probes[0]["readings"] if self.probes else [[r.drop, r.se] for r in readings]
         share = level.recovery(first[0][0], first[1][0], cycle, remaining)
         predicted, se = level.predicted_reading(readings[0], share)
-        probe = {
-            "ratio": ratio,
-            "macs_removed": macs_removed,
-            "cycles": lengths,
-            "readings": [[r.drop, r.se] for r in readings],
-            "recovery": share,
-            "predicted": predicted,
-            "se": se,
-        }
+        probe = {"ratio": ratio, "macs_removed": macs_removed, "cycles": lengths, "readings": [[r.drop, r.se] for r in
+                 readings], "recovery": share, "predicted": predicted, "se": se}  # fmt: skip
         if not math.isfinite(probe["predicted"]):
             rank_zero_warn(
                 f"RLPruneCallback: the network cut to ratio {ratio:.3f} ({', '.join(self.groups)}) scores non-finite "
@@ -253,102 +225,36 @@ class RLPruneCallback(PruningCallback):
         )
         return probe
 
-    def _cut_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ratio: float) -> None:
+    def _cut_to(self, run: Session, ratio: float) -> None:
         """Cut every group's first filters of its order at `ratio` (BatchNorm statistics re-estimated)."""
         cuts = level.removals(self.orders, ratio, self._floors())
-        if not cuts:
-            return
-        network = plan.network_of(pl_module)
-        graph = surgery.build_graph(network, surgery.example_input(network, self.input_shape))
-        self.cut(trainer, pl_module, cuts, graph, self.calibration(trainer, pl_module, self.seed))
+        if cuts:
+            run.cut(cuts, run.graph(), run.calibration(self.seed))
 
     # -- where: each group's order, learned once -----------------------------------------------------------------
 
-    def _learn_orders(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        network = plan.network_of(pl_module)
-        graph = surgery.build_graph(network, surgery.example_input(network, self.input_shape))
-        batches = self.batches(trainer, pl_module, "val", self.options.reward_batches)
-        calibration = self.calibration(trainer, pl_module, self.seed)
-        floors = self._floors()
+    def _learn_orders(self, run: Session) -> None:
+        graph, floors = run.graph(), self._floors()
+        batches, calibration = run.batches("val", self.options.reward_batches), run.calibration(self.seed)
         for index, name in enumerate(self.groups):
-            probs = self._search_group(trainer, pl_module, name, index, graph, batches, calibration, floors[name])
-            self.orders[name] = torch.argsort(probs, stable=True).tolist()
-
-    def _search_group(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        name: str,
-        index: int,
-        graph: Any,
-        batches: list[scoring.Batch],
-        calibration: list[torch.Tensor],
-        floor: int,
-    ) -> torch.Tensor:
-        """The keep probabilities the group's agent learns (rank 0's, on every rank)."""
-        network = plan.network_of(pl_module)
-        weight = network.get_submodule(name).weight
-        search = LayerSearch(
-            weight,
-            floor,
-            seed=self.seed + index,
-            lr=self.options.agent_lr,
-            entropy_coef=self.options.entropy_coef,
-            init_keep=self.options.init_keep,
-            prior_scale=self.options.l1_prior,
-        )
-        maps = surgery.output_channel_maps(network, graph, name)
-        context = trainer.precision_plugin.forward_context
-        with (
-            scoring.CandidateScorer(
-                network,
-                maps,
-                batches,
-                context,
-                self.options.cache,
-                self.options.max_cache_mb,
-                calibration=calibration,
-                score=self.score,
-            ) as scorer,
-            tracking.SearchTracker(trainer, name, index, len(self.groups), self.options.agent_updates) as track,
-        ):
-            p_star = scorer.accuracy()
-            for update in range(self.options.agent_updates):
-                masks = search.sample(self.options.num_samples)
-                scores = self.score_shared(trainer, pl_module, lambda i, m=masks: scorer.accuracy(m[i]), len(masks))
-                kept = masks.sum(1).tolist()
-                rewards = reward_values(self.options.reward, scores, kept, weight.shape[0], p_star, self.b)
-                search.update(masks, rewards)
-                track.update(update, rewards, search.probs())
-        return trainer.strategy.broadcast(search.probs(), src=0)
+            search = GroupSearch(run, name, floors[name], self.options, self.b, seed=self.seed + index)
+            self.orders[name] = search.order(graph, batches, calibration, (index, len(self.groups)))
 
     # -- held-out measurements ---------------------------------------------------------------------------------
 
-    def _check_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[scoring.Batch]:
+    def _check_batches(self, run: Session) -> list[scoring.Batch]:
         skip, count = self.options.reward_batches, self.options.check_batches
         if count is None:
-            count = scoring.batch_count(scoring.validation_loader(trainer)) - skip
-        return self.batches(trainer, pl_module, "val", skip + count)[skip:]
+            count = scoring.batch_count(scoring.validation_loader(run.trainer)) - skip
+        return run.batches("val", skip + count)[skip:]
 
-    def _batch_scores(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[scoring.Batch]
-    ) -> list[float]:
-        """The network's score on each of `batches`, each rank scoring a share."""
-        network, context = plan.network_of(pl_module), trainer.precision_plugin.forward_context
-        return self.score_shared(
-            trainer,
-            pl_module,
-            lambda i: scoring.evaluate(network, batches[i : i + 1], context, self.score),
-            len(batches),
-        )
-
-    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
+    def _summary(self, trainer: pl.Trainer, run: Session) -> dict[str, Any] | None:
         if self.baseline is None or self.dense is None:
             return None
-        scores = self._batch_scores(trainer, pl_module, self._check_batches(trainer, pl_module))
+        scores = run.batch_scores(self._check_batches(run))
         realised, check = level.paired_drop(self.dense, scores), sum(scores) / len(scores)
         final = {
-            **self.cost(pl_module),
+            **run.cost(),
             "val_acc": self.monitored(trainer) if self.monitor is not None else check,
             "check": check,
             "drop": realised.drop,
@@ -359,7 +265,7 @@ class RLPruneCallback(PruningCallback):
             "b": self.b,
             "baseline": baseline,
             "final": final,
-            "layers": self.summary_layers(pl_module),
+            "layers": self.summary_layers(run),
             "probes": self.probes,
             "level": self.level,
         }
@@ -385,3 +291,13 @@ class RLPruneCallback(PruningCallback):
         self.dense = state["dense"]
         self.probes = list(state["probes"])
         self.level = state["level"]
+
+
+def _remaining_batches(trainer: pl.Trainer) -> float:
+    """Training batches left in the run from the current epoch on (inf: no limit)."""
+    left = math.inf
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+        left = (trainer.max_epochs - trainer.current_epoch) * trainer.num_training_batches
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        left = min(left, trainer.max_steps - trainer.global_step)
+    return left

@@ -5,7 +5,6 @@ reused instance, several pruning callbacks on one Trainer and non-finite scores 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -51,14 +50,6 @@ def test_samples_whose_score_is_not_finite_are_refused_with_a_warning_and_nothin
     with pytest.warns(UserWarning, match="candidates of groups features.4, features.8 gave outputs or a score"):
         module = _fit(tmp_path, callback)
     assert callback.done and not callback.history and not module.plan.steps
-
-
-def test_score_shared_returns_non_finite_scores_as_minus_infinity_naming_the_layer() -> None:
-    trainer = SimpleNamespace(global_rank=0, world_size=1)
-    values = [1.0, math.nan, math.inf]
-    with pytest.warns(UserWarning, match="2 of 3 candidates of features.4 .* not finite"):
-        scores = _callback().score_shared(trainer, SimpleNamespace(device="cpu"), values.__getitem__, 3, "features.4")
-    assert scores == [1.0, -math.inf, -math.inf]
 
 
 def test_a_callback_fitting_again_without_a_checkpoint_starts_a_new_run(tmp_path) -> None:
