@@ -39,6 +39,9 @@ from lightning_prune.engine.metric import MetricSpec, Score, Unpack, calibrate, 
 from lightning_prune.io import tracking
 from lightning_prune.zoo.module import ImageClassifierBase
 
+#: The attributes every pruning callback saves in checkpoints.
+RUN_STATE = ("groups", "widths", "history", "baseline")
+
 
 class PruningCallback(Callback):
     """Base of the pruning callbacks (see the module docstring); subclasses implement `_setup_groups`, `_due`,
@@ -64,6 +67,8 @@ class PruningCallback(Callback):
     arguments: tuple[str, ...] = ("layers", "start_epoch", "finetune_epochs", "min_keep", "monitor", "seed")
     #: Constructor arguments a resumed run must share with the run that saved the checkpoint.
     resume_args: tuple[str, ...] = ("layers",)
+    #: The subclass's attributes a checkpoint saves and a resumed run restores (besides `RUN_STATE`).
+    run_state: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -99,13 +104,8 @@ class PruningCallback(Callback):
             (is_int(seed), f"seed={seed!r} must be an int"),
         ])  # fmt: skip
         self.layers = list(layers) if layers is not None else None
-        self.start_epoch = start_epoch
-        self.finetune_epochs = finetune_epochs
-        self.min_keep = min_keep
-        self.metric = metric
-        self.monitor = monitor
-        self.seed = seed
-        self.options = options
+        self.start_epoch, self.finetune_epochs, self.min_keep = start_epoch, finetune_epochs, min_keep
+        self.metric, self.monitor, self.seed, self.options = metric, monitor, seed, options
         self.groups: list[str] = []
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, Any] | None = None
@@ -132,7 +132,8 @@ class PruningCallback(Callback):
         raise NotImplementedError
 
     def _summary(self, trainer: pl.Trainer, run: Session) -> dict[str, Any] | None:
-        """The run's summary (None: nothing was pruned)."""
+        """The callback's part of the run's summary, with at least the final score (`final`); the base adds the
+        cost, the baseline and the layers (None: nothing was pruned)."""
         raise NotImplementedError
 
     @property
@@ -406,9 +407,12 @@ class PruningCallback(Callback):
                 self._step(trainer, Session(self, trainer, pl_module))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        summary = self._summary(trainer, Session(self, trainer, pl_module))
-        if summary is None:
+        run = Session(self, trainer, pl_module)
+        own = self._summary(trainer, run)
+        if own is None:
             return
+        final = {**run.cost(), **own.pop("final")}
+        summary = {"baseline": self.baseline, "final": final, "layers": self.summary_layers(run), **own}
         summary["monitor"] = self.monitor or "metric"
         tracking.write_summary(trainer, summary)
         tracking.log_final(trainer, summary)
@@ -439,22 +443,15 @@ class PruningCallback(Callback):
     # -- resumable state -----------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        """The subclass's own resumable state."""
+        """The subclass's resumable state beyond the attributes `run_state` names."""
         return {}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        """Restore what `_state` saved."""
+        """Restore what `_state` saved (the attributes of `run_state` are restored already)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "groups": self.groups,
-            "widths": self.widths,
-            "history": self.history,
-            "baseline": self.baseline,
-            "args": {k: self.hparams[k] for k in self.resume_args},
-            "rng": _get_rng(),
-            **self._state(),
-        }
+        saved = {key: getattr(self, key) for key in (*RUN_STATE, *self.run_state)}
+        return {**saved, "args": {k: self.hparams[k] for k in self.resume_args}, "rng": _get_rng(), **self._state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         missing = [k for k in ("groups", "history", "baseline") if k not in state_dict]
@@ -472,11 +469,9 @@ class PruningCallback(Callback):
                 f"{type(self).__name__}: the checkpoint was pruned with {shown}. A resumed run keeps the arguments "
                 "it was pruned with: pass the checkpoint's values, or start a new run without ckpt_path."
             )
-        self.groups = list(state_dict["groups"])
-        self.widths = dict(state_dict["widths"])
-        self.history = list(state_dict["history"])
-        self.baseline = state_dict["baseline"]
         self._load_state(state_dict)
+        for key in (*RUN_STATE, *self.run_state):
+            setattr(self, key, state_dict[key])
         if state_dict.get("rng") is not None:
             # At once, not at the next epoch start: Lightning draws the first epoch's data order (and prefetches
             # a batch) before any epoch hook of a resumed run.

@@ -77,6 +77,7 @@ class DistributionPruneCallback(PruningCallback):
     arguments = ("target", "target_type", "step_size", "start_epoch", "finetune_epochs", "min_keep", "layers")
     arguments += ("monitor", "seed")
     resume_args = ("target", "target_type", "step_size", "layers")
+    run_state = ("steps", "base", "p_star", "done")
 
     def __init__(
         self,
@@ -303,30 +304,14 @@ class DistributionPruneCallback(PruningCallback):
                 f"DistributionPruneCallback: training ended before the target ({self.target} of "
                 f"{self.target_type}) was reached; raise max_epochs."
             )
-        return {
-            "target": self.target,
-            "target_type": self.target_type,
-            "baseline": self.baseline,
-            "final": {**run.cost(), "val_acc": self.final_score(trainer, run)},
-            "layers": self.summary_layers(run),
-            "steps": self.steps,
-        }
+        final = {"val_acc": self.final_score(trainer, run)}
+        return {"target": self.target, "target_type": self.target_type, "final": final, "steps": self.steps}
 
     # -- resumable state -----------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "base": self.base,
-            "p_star": self.p_star,
-            "done": self.done,
-            "search": self.search.state_dict() if self.search is not None else self._search_state,
-        }
+        return {"search": self.search.state_dict() if self.search is not None else self._search_state}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.steps = list(state["steps"])
-        self.base = state["base"]
-        self.p_star = state["p_star"]
-        self.done = bool(state["done"])
         self.search = None
         self._search_state = state["search"]

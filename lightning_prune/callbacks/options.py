@@ -70,6 +70,8 @@ class ScoringOptions:
     `check_batches`) do.
 
     Args:
+        num_samples: candidates sampled and scored per update of the search (K: masks of an agent, or
+            distributions).
         reward_batches: validation batches each candidate is scored on (the first ones of the split, in order).
         calibration_batches: training batches on which the BatchNorm layers after a cut re-estimate their
             statistics, for each candidate and after each cut (0: never).
@@ -77,6 +79,7 @@ class ScoringOptions:
         ignore_index: target value the default metric does not count (e.g. a segmentation's void label).
     """
 
+    num_samples: int = 8
     reward_batches: int = 4
     calibration_batches: int = 4
     unpack_batch: Unpack | None = None
@@ -84,7 +87,7 @@ class ScoringOptions:
 
     def __post_init__(self) -> None:
         check(type(self).__name__, [
-            *_counts(self, ["reward_batches"]),
+            *_counts(self, ["num_samples", "reward_batches"]),
             *_counts(self, ["calibration_batches"], least=0),
             (self.unpack_batch is None or callable(self.unpack_batch),
              f"options.unpack_batch={self.unpack_batch!r} must be callable"),
@@ -98,11 +101,10 @@ class RLOptions(ScoringOptions):
     """The agents' search (`RLPruneCallback`), beyond the scoring settings above.
 
     Args:
-        num_samples: masks sampled per agent update (K).
         agent_updates: policy-gradient updates per layer.
-        reward: "huang" (logarithmic efficiency term) or "yang" (linear, N / kept).
         agent_lr: Adam learning rate of the agents.
         entropy_coef: entropy bonus weight in the agents' loss.
+        reward: "huang" (logarithmic efficiency term) or "yang" (linear, N / kept).
         init_keep: keep probability of every filter before the first update.
         l1_prior: weight of the filters' standardised L1 norms in the agents' keep logits (0: the ranking is
             learned from the rewards alone; > 0: the agent starts from the L1 ranking and its updates learn where
@@ -117,11 +119,10 @@ class RLOptions(ScoringOptions):
         max_cache_mb: memory bound of that cache; above it the full forward is used.
     """
 
-    num_samples: int = 8
     agent_updates: int = 3
-    reward: Literal["huang", "yang"] = "huang"
     agent_lr: float = 0.01
     entropy_coef: float = 0.0
+    reward: Literal["huang", "yang"] = "huang"
     init_keep: float = 0.8
     l1_prior: float = 2.0
     probes: int = 3
@@ -134,7 +135,7 @@ class RLOptions(ScoringOptions):
         super().__post_init__()
         _numbers(self, ["agent_lr", "entropy_coef", "init_keep", "l1_prior", "max_cache_mb"])
         check(type(self).__name__, [
-            *_counts(self, ["num_samples", "agent_updates", "probes"]),
+            *_counts(self, ["agent_updates", "probes"]),
             (self.probe_batches is None or (is_int(self.probe_batches) and self.probe_batches >= 1),
              f"options.probe_batches={self.probe_batches!r} must be >= 1 (an int; None: one epoch's batches)"),
             (self.check_batches is None or (is_int(self.check_batches) and self.check_batches >= 1),
@@ -157,7 +158,6 @@ class DistributionOptions(ScoringOptions):
             Taylor `|w * grad|`, accumulated on `taylor_batches` training batches).
         alpha: weight of the MACs reduction in Q (>= 0).
         beta: weight of the params reduction in Q (>= 0).
-        num_samples: distributions sampled per update.
         updates: distribution updates per step.
         elite_size: best samples kept (the distribution moves toward their mean).
         noise: std of the log-normal noise of a sample.
@@ -172,7 +172,6 @@ class DistributionOptions(ScoringOptions):
     criterion: Literal["l1", "taylor"] = "l1"
     alpha: float = 0.2
     beta: float = 0.0
-    num_samples: int = 8
     updates: int = 4
     elite_size: int = 4
     noise: float = 0.3
@@ -189,7 +188,7 @@ class DistributionOptions(ScoringOptions):
             (self.criterion in CRITERIA, f"options.criterion={self.criterion!r} is unknown: use one of {CRITERIA}"),
             (self.alpha >= 0, f"options.alpha={self.alpha} must be >= 0 (weight of the MACs reduction in Q)"),
             (self.beta >= 0, f"options.beta={self.beta} must be >= 0 (weight of the params reduction in Q)"),
-            *_counts(self, ["num_samples", "updates", "elite_size", "taylor_batches"]),
+            *_counts(self, ["updates", "elite_size", "taylor_batches"]),
             (self.noise >= 0, f"options.noise={self.noise} must be >= 0"),
             (0 <= self.epsilon <= 1, f"options.epsilon={self.epsilon} must be in [0, 1] (a probability)"),
             (0 < self.epsilon_decay <= 1, f"options.epsilon_decay={self.epsilon_decay} must be in (0, 1]"),

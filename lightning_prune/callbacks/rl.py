@@ -75,6 +75,7 @@ class RLPruneCallback(PruningCallback):
     options_type = RLOptions
     arguments = ("b", "layers", "start_epoch", "min_keep", "monitor", "seed")
     resume_args = ("b", "layers")
+    run_state = ("orders", "dense", "probes", "level")
 
     def __init__(
         self,
@@ -254,31 +255,15 @@ class RLPruneCallback(PruningCallback):
         scores = run.batch_scores(self._check_batches(run))
         realised, check = level.paired_drop(self.dense, scores), sum(scores) / len(scores)
         final = {
-            **run.cost(),
             "val_acc": self.monitored(trainer) if self.monitor is not None else check,
             "check": check,
             "drop": realised.drop,
             "se": realised.se,
         }
         baseline = {**self.baseline, "check": sum(self.dense) / len(self.dense)}
-        return {
-            "b": self.b,
-            "baseline": baseline,
-            "final": final,
-            "layers": self.summary_layers(run),
-            "probes": self.probes,
-            "level": self.level,
-        }
+        return {"b": self.b, "baseline": baseline, "final": final, "probes": self.probes, "level": self.level}
 
     # -- resumable state -------------------------------------------------------------------------------------
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "orders": self.orders,
-            "dense": self.dense,
-            "probes": self.probes,
-            "level": self.level,
-        }
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if "orders" not in state or "level" not in state:
@@ -287,10 +272,6 @@ class RLPruneCallback(PruningCallback):
                 "of the callback, which pruned in measured steps. Start the run without ckpt_path (the pruned "
                 "weights load with load_from_checkpoint), or resume with the version that saved it."
             )
-        self.orders = {name: list(order) for name, order in state["orders"].items()}
-        self.dense = state["dense"]
-        self.probes = list(state["probes"])
-        self.level = state["level"]
 
 
 def _remaining_batches(trainer: pl.Trainer) -> float:
