@@ -37,7 +37,6 @@ from lightning_prune.callbacks.session import Session
 from lightning_prune.engine import plan, scoring, surgery
 from lightning_prune.engine.metric import MetricSpec, Score, Unpack, calibrate, make_score, unpack_pair
 from lightning_prune.io import tracking
-from lightning_prune.zoo.module import ImageClassifierBase
 
 #: The attributes every pruning callback saves in checkpoints.
 RUN_STATE = ("groups", "widths", "history", "baseline")
@@ -479,18 +478,21 @@ class PruningCallback(Callback):
 
 
 def _declared_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[str, ...] | None:
-    """What validation logs, known before it runs: an ImageClassifier whose validation code is its own and no
-    callback from outside Lightning and this package (those may log too). None: only a validation run tells."""
-    if not isinstance(pl_module, ImageClassifierBase):
+    """What validation logs, known before it runs: a module whose class declares `validation_metrics` (as
+    `ImageClassifier` does) and keeps the validation code of the module that declares them, with no callback from
+    outside Lightning and this package (those may log too). None: only a validation run tells."""
+    cls = type(pl_module)
+    declaring = next((c for c in cls.__mro__ if "validation_metrics" in vars(c)), None)
+    if declaring is None:
         return None
     hooks = ("validation_step", "_step", "_log_accuracy", "on_validation_epoch_end", "on_validation_batch_end")
-    own = ("lightning_prune.zoo.module", "pytorch_lightning.", "lightning.")
-    if any(not getattr(getattr(type(pl_module), h), "__module__", "").startswith(own) for h in hooks):
+    own = (declaring.__module__, "pytorch_lightning.", "lightning.")
+    if any(not getattr(getattr(cls, h, None), "__module__", "").startswith(own) for h in hooks):
         return None
     packages = ("pytorch_lightning", "lightning", "lightning_prune")
     if any(type(cb).__module__.split(".")[0] not in packages for cb in trainer.callbacks):
         return None
-    return ImageClassifierBase.validation_metrics
+    return tuple(declaring.validation_metrics)
 
 
 def _metric_name(metric: MetricSpec) -> str:
