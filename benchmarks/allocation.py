@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bsweep  # noqa: E402
 
 from lightning_prune import ImageClassifier  # noqa: E402
-from lightning_prune.engine import scoring, surgery  # noqa: E402
+from lightning_prune.engine import data, surgery  # noqa: E402
 from lightning_prune.engine.cost import model_cost  # noqa: E402
 from lightning_prune.engine.scoring import Batch  # noqa: E402
 from lightning_prune.search.distribution import CRITERIA, Criterion, filter_scores, removed_filters  # noqa: E402
@@ -122,7 +122,7 @@ def retrain(
     batches = []
     if args.criterion == "taylor":
         dm.setup("fit")
-        batches = scoring.drawn_batches(dm.train_dataloader(), args.taylor_batches, args.seed, shuffle=True)
+        batches = data.drawn_batches(dm.train_dataloader(), args.taylor_batches, args.seed, shuffle=True)
     cut_to_counts(module, layers, args.criterion, batches)
     run = bsweep.finetune(args, dm, base, module, "allocation", b, [])
     kept = {layer["name"]: layer["after"] for layer in layers}

@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from lightning_prune.engine import surgery
-from lightning_prune.engine.scoring import CandidateScorer, split_before
+from lightning_prune.engine.scoring import CandidateScorer
+from lightning_prune.engine.split import split_before
 from lightning_prune.search.agents import LayerSearch
 from lightning_prune.search.floors import min_keep_count
 from lightning_prune.zoo.models import build_model

@@ -8,7 +8,7 @@ import torch
 
 from lightning_prune.callbacks.options import RLOptions
 from lightning_prune.callbacks.session import Session
-from lightning_prune.engine import scoring, surgery
+from lightning_prune.engine import data, scoring, surgery
 from lightning_prune.io import tracking
 from lightning_prune.search.agents import LayerSearch
 from lightning_prune.search.reward import reward_values
@@ -38,7 +38,7 @@ class GroupSearch:
         self.width = weight.shape[0]
 
     def order(
-        self, graph: Any, batches: list[scoring.Batch], calibration: list[torch.Tensor], position: tuple[int, int]
+        self, graph: Any, batches: list[data.Batch], calibration: list[torch.Tensor], position: tuple[int, int]
     ) -> list[int]:
         """The group's filters, least likely kept first (rank 0's agent, on every rank); `position` is the group's
         index and the number of groups, for progress and logs."""

@@ -14,7 +14,7 @@ from lightning_prune.callbacks.base import PruningCallback
 from lightning_prune.callbacks.group_search import GroupSearch
 from lightning_prune.callbacks.options import RLOptions, is_number
 from lightning_prune.callbacks.session import Session
-from lightning_prune.engine import scoring
+from lightning_prune.engine import data
 from lightning_prune.engine.metric import MetricSpec
 from lightning_prune.io import tracking
 from lightning_prune.search import level
@@ -125,7 +125,7 @@ class RLPruneCallback(PruningCallback):
                 )
 
     def _check_split(self, trainer: pl.Trainer) -> None:
-        available = scoring.batch_count(scoring.validation_loader(trainer))
+        available = data.batch_count(data.validation_loader(trainer))
         if available is None and self.options.check_batches is None:
             raise MisconfigurationException(
                 "RLPruneCallback: the validation dataset has no length, so the batches after the reward batches that "
@@ -139,7 +139,7 @@ class RLPruneCallback(PruningCallback):
                 f"has {available}. Hold out more training data for validation, or lower options.reward_batches / "
                 "options.check_batches."
             )
-        if self.options.probe_batches is None and scoring.batch_count(scoring.train_loader(trainer)) is None:
+        if self.options.probe_batches is None and data.batch_count(data.train_loader(trainer)) is None:
             raise MisconfigurationException(
                 "RLPruneCallback: the training data has no length, so a probe's cycle cannot be one epoch long. "
                 "Set options.probe_batches (e.g. 100)."
@@ -191,7 +191,7 @@ class RLPruneCallback(PruningCallback):
     def _macs_removed(self, run: Session) -> float:
         return 1 - run.cost()["macs"] / self.baseline["macs"]
 
-    def _probe(self, run: Session, ratio: float, checks: list[scoring.Batch], cycle: int, remaining: float) -> dict:
+    def _probe(self, run: Session, ratio: float, checks: list[data.Batch], cycle: int, remaining: float) -> dict:
         """Cut to `ratio`, train a decaying cycle from the cut (the first probe also one `level.SPAN` times as
         long, which measures how much of the drop training recovers), read the paired drop after each; then undo
         it all and predict the drop after `remaining` batches."""
@@ -243,10 +243,10 @@ class RLPruneCallback(PruningCallback):
 
     # -- held-out measurements ---------------------------------------------------------------------------------
 
-    def _check_batches(self, run: Session) -> list[scoring.Batch]:
+    def _check_batches(self, run: Session) -> list[data.Batch]:
         skip, count = self.options.reward_batches, self.options.check_batches
         if count is None:
-            count = scoring.batch_count(scoring.validation_loader(run.trainer)) - skip
+            count = data.batch_count(data.validation_loader(run.trainer)) - skip
         return run.batches("val", skip + count)[skip:]
 
     def _summary(self, trainer: pl.Trainer, run: Session) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_prune.engine import plan, scoring, surgery
+from lightning_prune.engine import batchnorm, data, plan, scoring, surgery
 from lightning_prune.engine.cost import model_cost
 from lightning_prune.engine.cycle import train_cycle
 from lightning_prune.engine.snapshot import TrainingSnapshot
@@ -60,9 +60,9 @@ class Session:
 
     def batches(
         self, split: Literal["train", "val"], count: int, seed: int | None = None, shuffle: bool = False
-    ) -> list[scoring.Batch]:
-        """The first `count` batches of a split as `(inputs, target)` (see `scoring.first_batches`)."""
-        return scoring.first_batches(self.trainer, self.module, split, count, seed, shuffle, self.callback.unpack)
+    ) -> list[data.Batch]:
+        """The first `count` batches of a split as `(inputs, target)` (see `data.first_batches`)."""
+        return data.first_batches(self.trainer, self.module, split, count, seed, shuffle, self.callback.unpack)
 
     def calibration(self, seed: int) -> list[torch.Tensor]:
         """The training inputs BatchNorm statistics are re-estimated on."""
@@ -70,7 +70,7 @@ class Session:
 
     # -- scores ------------------------------------------------------------------------------------------------
 
-    def evaluate(self, batches: Sequence[scoring.Batch]) -> float:
+    def evaluate(self, batches: Sequence[data.Batch]) -> float:
         """The network's metric on `batches`."""
         return scoring.evaluate(self.network, batches, self.context, self.callback.score)
 
@@ -92,7 +92,7 @@ class Session:
             )
         return values.tolist()
 
-    def batch_scores(self, batches: Sequence[scoring.Batch]) -> list[float]:
+    def batch_scores(self, batches: Sequence[data.Batch]) -> list[float]:
         """The network's score on each of `batches`, each rank scoring a share."""
         return self.shared(lambda i: self.evaluate(batches[i : i + 1]), len(batches))
 
@@ -116,7 +116,7 @@ class Session:
             if isinstance(trainer.strategy.model, DistributedDataParallel):
                 trainer.strategy.model = self.module
                 trainer.strategy.configure_ddp()
-            scoring.reestimate_batchnorm(self.network, calibration, self.context)
+            batchnorm.reestimate_batchnorm(self.network, calibration, self.context)
         return done
 
     def snapshot(self) -> TrainingSnapshot:

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from lightning_prune.engine.data import Batch
 from lightning_prune.engine.metric import Score
-from lightning_prune.engine.scoring import Batch, CandidateScorer
+from lightning_prune.engine.scoring import CandidateScorer
 from lightning_prune.engine.surgery import out_channels, preserved_modes
 
 Criterion = Literal["l1", "taylor"]

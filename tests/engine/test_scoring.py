@@ -14,13 +14,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import DistributionOptions, DistributionPruneCallback
 from lightning_prune.engine import surgery
-from lightning_prune.engine.scoring import (
-    CandidateScorer,
-    batch_count,
-    evaluate,
-    reestimate_batchnorm,
-    split_before,
-)
+from lightning_prune.engine.batchnorm import reestimate_batchnorm
+from lightning_prune.engine.data import batch_count
+from lightning_prune.engine.scoring import CandidateScorer, evaluate
+from lightning_prune.engine.split import split_before
 from lightning_prune.search.agents import LayerSearch
 from lightning_prune.zoo.models import build_model
 

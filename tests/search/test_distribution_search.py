@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from lightning_prune.engine import surgery
+from lightning_prune.engine.batchnorm import reestimate_batchnorm
 from lightning_prune.engine.cost import model_cost
-from lightning_prune.engine.scoring import reestimate_batchnorm
 from lightning_prune.search.distribution import (
     CostModel,
     DistributionSearch,
