@@ -58,7 +58,6 @@ class CandidateScorer(AbstractContextManager):
         cache: run only the mask-dependent part of the network per candidate (see the module docstring).
         max_cache_mb: above this the cached activations are dropped and the full forward is used.
         channels_last: score in channels_last layout (faster for convolutions on CPU and with AMP).
-        allow_slicing: let the convolution reading a masked value drop removed input channels.
         calibration: inputs (training images on the model's device) on which each candidate re-estimates the
             running statistics of the BatchNorm layers its mask affects before it is scored; empty: scored with
             the model's statistics.
@@ -80,7 +79,6 @@ class CandidateScorer(AbstractContextManager):
         cache: bool = True,
         max_cache_mb: float = 1024.0,
         channels_last: bool = True,
-        allow_slicing: bool = True,
         calibration: Sequence[torch.Tensor] = (),
         score: Score | None = None,
     ) -> None:
@@ -95,7 +93,6 @@ class CandidateScorer(AbstractContextManager):
         self.cache = cache
         self.max_cache_bytes = max_cache_mb * 2**20
         self.channels_last = channels_last
-        self.allow_slicing = allow_slicing
         self.calibration = list(calibration)
         self.cached = False
         #: Forward passes over the batches so far (masks scored before are answered from memory).
@@ -150,7 +147,7 @@ class CandidateScorer(AbstractContextManager):
     def _prepare(self) -> None:
         inputs = [self._layout(x) for x, _ in self.batches]
         calibration = [self._layout(x) for x in self.calibration]
-        split = split_before(self.model, self.channel_maps, allow_slicing=self.allow_slicing) if self.cache else None
+        split = split_before(self.model, self.channel_maps) if self.cache else None
         if split is not None:
             cached = self._cache_prefix(split, inputs + calibration)
             if cached is not None:

@@ -103,11 +103,11 @@ class _InputMaskedConv(nn.Module):
     or, when at least `SLICE_FRACTION` of the channels are removed from a plain convolution, the removed input
     channels are sliced away with the weights (what physical removal leaves)."""
 
-    def __init__(self, conv: nn.Conv2d, index: torch.Tensor, allow_slicing: bool) -> None:
+    def __init__(self, conv: nn.Conv2d, index: torch.Tensor) -> None:
         super().__init__()
         self.conv = conv
         self.index = index
-        self.allow_slicing = allow_slicing and conv.groups == 1
+        self.allow_slicing = conv.groups == 1
         self.weight: torch.Tensor | None = None
         self.kept: torch.Tensor | None = None
 
@@ -201,9 +201,7 @@ def _subsumed(site: fx.Node, index: dict[str, torch.Tensor], modules: dict[str, 
     )
 
 
-def _insert_masks(
-    traced: fx.GraphModule, index: dict[str, torch.Tensor], allow_slicing: bool
-) -> list[tuple[str, Mask]] | None:
+def _insert_masks(traced: fx.GraphModule, index: dict[str, torch.Tensor]) -> list[tuple[str, Mask]] | None:
     """Put a mask after every masked layer's output (in the reading convolution when there is just one);
     returns the (name, mask) pairs, or None when a masked layer is not in the graph."""
     graph, modules = traced.graph, dict(traced.named_modules())
@@ -219,7 +217,7 @@ def _insert_masks(
         reader = readers[0] if len(readers) == 1 and readers[0].op == "call_module" else None
         conv = modules.get(reader.target) if reader is not None else None
         if isinstance(conv, nn.Conv2d) and reader.args == (end,) and not reader.kwargs:
-            mask: Mask = _InputMaskedConv(conv, idx, allow_slicing)
+            mask: Mask = _InputMaskedConv(conv, idx)
             traced.add_submodule(name, mask)
             reader.target = name
         else:
@@ -248,18 +246,14 @@ def _reorder_safe(graph: fx.Graph, affected: set[fx.Node], modules: dict[str, nn
     return True
 
 
-def split_before(
-    model: nn.Module,
-    channel_maps: Sequence[tuple[nn.Module, torch.Tensor]],
-    allow_slicing: bool = True,
-) -> Split | None:
-    """Split `model` into the part that no mask of the group `channel_maps` affects and the rest.
+def split_before(model: nn.Module, channel_maps: Sequence[tuple[nn.Module, torch.Tensor]]) -> Split | None:
+    """Split `model` into the part that no mask of the group `channel_maps` affects and the rest. A convolution that
+    alone reads a masked value drops the removed input channels when many are removed (`SLICE_FRACTION`), else the
+    mask is folded into its weights.
 
     Args:
         model: the network; its submodules are shared, not copied.
         channel_maps: `(module, channel index per root channel)` pairs whose outputs are masked.
-        allow_slicing: let a convolution that alone reads a masked value drop the removed input channels
-            when many are removed (otherwise the mask is folded into its weights).
 
     Returns:
         The split, or None when `torch.fx` cannot trace the model or does not see every masked layer.
@@ -270,7 +264,7 @@ def split_before(
         return None
     names = {m: n for n, m in model.named_modules()}
     index = {names[m]: idx for m, idx in channel_maps if m in names}
-    masks = _insert_masks(traced, index, allow_slicing) if len(index) == len(channel_maps) else None
+    masks = _insert_masks(traced, index) if len(index) == len(channel_maps) else None
     if not masks:
         return None
     graph, modules = traced.graph, dict(traced.named_modules())
