@@ -14,8 +14,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import DistributionOptions, DistributionPruneCallback
 from lightning_prune.engine import surgery
-from lightning_prune.engine.batchnorm import reestimate_batchnorm
-from lightning_prune.engine.data import batch_count
 from lightning_prune.engine.scoring import CandidateScorer, evaluate
 from lightning_prune.engine.split import split_before
 from lightning_prune.search.agents import LayerSearch
@@ -427,31 +425,6 @@ def test_evaluate_scores_in_eval_mode_and_restores_the_mode() -> None:
     flipped = [(x, (y + 1) % 10) for x, y in batches]
     assert evaluate(model.eval(), batches[:1] + flipped[1:]) == 50.0
     assert not model.training
-
-
-def test_batch_count_is_what_a_sequential_read_yields() -> None:
-    data = torch.utils.data.TensorDataset(torch.zeros(10, 1))
-    assert batch_count(torch.utils.data.DataLoader(data, batch_size=4)) == 3
-
-    class Stream(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            return iter(range(3))
-
-    assert batch_count(torch.utils.data.DataLoader(Stream(), batch_size=2)) is None
-
-
-def test_reestimate_batchnorm_averages_the_batch_statistics_and_restores_modes() -> None:
-    model = _randomized(build_model("vgg11", num_classes=10, width=0.25)).train()
-    model.features[0].eval()
-    inputs = _calibration(n=3, size=8)
-    conv, norm = model.features[0], model.features[1]
-    with torch.no_grad():
-        expected = torch.stack([conv(x).mean((0, 2, 3)) for x in inputs]).mean(0)
-    modes = [m.training for m in model.modules()]
-    reestimate_batchnorm(model, inputs)
-    torch.testing.assert_close(norm.running_mean, expected)
-    assert int(norm.num_batches_tracked) == 3 and norm.momentum == 0.1
-    assert [m.training for m in model.modules()] == modes
 
 
 def test_keep_mask_of_the_wrong_size_is_rejected() -> None:
