@@ -44,6 +44,27 @@ def _percent_removed(before: int, after: int) -> float:
     return round(100.0 * (1 - after / before), 2) if before else 0.0
 
 
+def _layer(name: str, before: nn.Module, after: nn.Module) -> dict[str, Any]:
+    """Layer `name`'s filters in the unpruned and the pruned network."""
+    n_before = surgery.out_channels(before.get_submodule(name))
+    n_after = surgery.out_channels(after.get_submodule(name))
+    return {"name": name, "before": n_before, "after": n_after, "removed_pct": _percent_removed(n_before, n_after)}
+
+
+def _totals(before: nn.Module, after: nn.Module, shape: list[int]) -> dict[str, dict[str, Any]]:
+    """Whole-model params and MACs of the unpruned and the pruned network."""
+    cost_before = model_cost(before, surgery.example_input(before, shape))
+    cost_after = model_cost(after, surgery.example_input(after, shape))
+    return {
+        key: {
+            "before": getattr(cost_before, key),
+            "after": getattr(cost_after, key),
+            "removed_pct": _percent_removed(getattr(cost_before, key), getattr(cost_after, key)),
+        }
+        for key in ("params", "macs")
+    }
+
+
 def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifier) -> dict[str, Any]:
     """Per-layer channels before/after and whole-model params and MACs (unpruned vs pruned) of a checkpoint of a
     `model_class` module.
@@ -64,22 +85,9 @@ def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifie
     unpruned = _unpruned(pruned)
     network_before, network_after = network_of(unpruned), network_of(pruned)
     records = callback["history"] if callback else []
-    layers = []
-    for layer in dict.fromkeys([*(r["name"] for r in records), *plan.layers]):
-        before = surgery.out_channels(network_before.get_submodule(layer))
-        after = surgery.out_channels(network_after.get_submodule(layer))
-        layers.append({"name": layer, "before": before, "after": after, "removed_pct": _percent_removed(before, after)})
-    shape = plan.input_shape
-    cost_before = model_cost(network_before, surgery.example_input(network_before, shape))
-    cost_after = model_cost(network_after, surgery.example_input(network_after, shape))
-    totals = {
-        key: {
-            "before": getattr(cost_before, key),
-            "after": getattr(cost_after, key),
-            "removed_pct": _percent_removed(getattr(cost_before, key), getattr(cost_after, key)),
-        }
-        for key in ("params", "macs")
-    }
+    names = list(dict.fromkeys([*(r["name"] for r in records), *plan.layers]))
+    layers = [_layer(name, network_before, network_after) for name in names]
+    totals = _totals(network_before, network_after, plan.input_shape)
     search = None
     if callback is not None:
         search = {
@@ -94,7 +102,7 @@ def build_report(path: str | Path, model_class: type[nn.Module] = ImageClassifie
     return {
         "checkpoint": str(path),
         "model": model_name,
-        "input_shape": list(shape),
+        "input_shape": list(plan.input_shape),
         "epoch": checkpoint.get("epoch"),
         "layers": layers,
         **totals,
