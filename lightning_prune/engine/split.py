@@ -279,6 +279,14 @@ def split_before(model: nn.Module, channel_maps: Sequence[tuple[nn.Module, torch
             affected.add(node)
     if not _reorder_safe(graph, affected, modules):
         return None
+    prefix_graph, suffix_graph = _cut(graph, affected, modules)
+    prefix, suffix = fx.GraphModule(traced, prefix_graph), fx.GraphModule(traced, suffix_graph)
+    return Split(prefix, suffix, [mask for _, mask in masks])
+
+
+def _cut(graph: fx.Graph, affected: set[fx.Node], modules: dict[str, nn.Module]) -> tuple[fx.Graph, fx.Graph]:
+    """The prefix graph (every node no mask affects, returning the values the suffix reads) and the suffix graph
+    (the affected nodes, reading those values as placeholders; a value an in-place op would change is cloned)."""
     boundary = [
         n for n in graph.nodes if n not in affected and n.op != "get_attr" and any(u in affected for u in n.users)
     ]
@@ -297,5 +305,4 @@ def split_before(model: nn.Module, channel_maps: Sequence[tuple[nn.Module, torch
             with suffix_graph.inserting_after(cut):  # the cached value is reused by every candidate
                 copy = suffix_graph.call_method("clone", (cut,))
             cut.replace_all_uses_with(copy, delete_user_cb=lambda user, copy=copy: user is not copy)
-    prefix, suffix = fx.GraphModule(traced, prefix_graph), fx.GraphModule(traced, suffix_graph)
-    return Split(prefix, suffix, [mask for _, mask in masks])
+    return prefix_graph, suffix_graph
