@@ -52,6 +52,9 @@ class RLPruneCallback(PruningCallback):
     when the callback is constructed; a schedule, layer, batch, metric or `forward` that does not fit the run
     fails at `setup`, before any training.
 
+    One `RLPruneCallback` per Trainer (Lightning refuses two with the same `state_key`): list every layer to prune
+    in one callback's `layers`.
+
     Args:
         b: the drop of the network's score the user accepts, in points of `metric` (> 0, finite).
         layers: layer names or fnmatch patterns selecting the groups to prune, in this order (None: every

@@ -9,7 +9,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import LAYERS, fast_trainer, tiny_classifier, tiny_data
+from helpers import LAYERS, fast_callback, fast_trainer, tiny_classifier, tiny_data
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lightning_prune import DistributionOptions, DistributionPruneCallback, RLOptions, RLPruneCallback
@@ -102,3 +102,19 @@ def test_numbers_given_as_strings_or_bools_are_refused(kwargs: dict, message: st
         if "options" in kwargs:  # options validate themselves when they are built
             kwargs = {**kwargs, "options": DistributionOptions(**kwargs["options"])}
         DistributionPruneCallback(**kwargs)
+
+
+def test_two_rl_callbacks_are_refused_by_lightning_which_points_to_the_callback_s_documentation(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="more than one stateful callback of type `RLPruneCallback`"):
+        fast_trainer(tmp_path, [fast_callback(), fast_callback(layers=["features.0"])])
+    assert "One `RLPruneCallback` per Trainer" in RLPruneCallback.__doc__
+
+
+def test_the_package_s_own_parts_fit_together_at_their_defaults() -> None:
+    from lightning_prune.data import EmbeddedFashionMNISTDataModule
+    from lightning_prune.engine.data import batch_count
+
+    dm = EmbeddedFashionMNISTDataModule(num_workers=0)
+    dm.setup("fit")
+    options = RLOptions()
+    assert batch_count(dm.val_dataloader()) >= options.reward_batches + 1  # the probes' held-out batches

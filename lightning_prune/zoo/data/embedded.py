@@ -43,7 +43,7 @@ class EmbeddedFashionMNISTDataModule(ImageDataModule):
 
     def __init__(
         self,
-        val_size: int | float = 500,
+        val_size: int | float = 1000,
         batch_size: int = 128,
         num_workers: int | None = None,
         augment: bool = True,
