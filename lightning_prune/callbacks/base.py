@@ -165,7 +165,7 @@ class PruningCallback(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The checks that read data (after the module's `setup`, and after a resumed run's state is loaded)."""
-        data.validation_loader(trainer)
+        data.loader(trainer, "val")
         inputs = self._example_input(trainer, pl_module)
         saved = plan.plan_of(pl_module)
         self.input_shape = list(saved.input_shape) if saved is not None else [1, *inputs.shape[1:]]
@@ -247,7 +247,7 @@ class PruningCallback(Callback):
         """`example_input_array`, else the inputs of the first training batch."""
         example = pl_module.example_input_array
         if example is None:
-            batch = next(iter(data.drawn_batches(data.train_loader(trainer), 1)), None)
+            batch = next(iter(data.drawn_batches(data.loader(trainer, "train"), 1)), None)
             if batch is None:
                 raise MisconfigurationException(f"{type(self).__name__}: the training data is empty.")
             example = self._unpacked(batch)[0]
@@ -276,7 +276,7 @@ class PruningCallback(Callback):
 
     def _check_metric(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One validation batch through `forward` and the metric: both must work before training starts."""
-        batch = next(iter(data.drawn_batches(data.validation_loader(trainer), 1)), None)
+        batch = next(iter(data.drawn_batches(data.loader(trainer, "val"), 1)), None)
         if batch is None:
             raise MisconfigurationException(f"{type(self).__name__}: the validation data is empty.")
         x, y = self._unpacked(batch)
@@ -332,7 +332,7 @@ class PruningCallback(Callback):
         if trainer.max_steps is not None and trainer.max_steps >= 0:
             per_epoch = trainer.num_training_batches
             if per_epoch is None or not math.isfinite(per_epoch):
-                per_epoch = data.batch_count(data.train_loader(trainer))
+                per_epoch = data.batch_count(data.loader(trainer, "train"))
                 limit = trainer.limit_train_batches
                 if per_epoch is not None and isinstance(limit, int):
                     per_epoch = min(per_epoch, limit)

@@ -128,7 +128,7 @@ class RLPruneCallback(PruningCallback):
                 )
 
     def _check_split(self, trainer: pl.Trainer) -> None:
-        available = data.batch_count(data.validation_loader(trainer))
+        available = data.batch_count(data.loader(trainer, "val"))
         if available is None and self.options.check_batches is None:
             raise MisconfigurationException(
                 "RLPruneCallback: the validation dataset has no length, so the batches after the reward batches that "
@@ -142,7 +142,7 @@ class RLPruneCallback(PruningCallback):
                 f"has {available}. Hold out more training data for validation, or lower options.reward_batches / "
                 "options.check_batches."
             )
-        if self.options.probe_batches is None and data.batch_count(data.train_loader(trainer)) is None:
+        if self.options.probe_batches is None and data.batch_count(data.loader(trainer, "train")) is None:
             raise MisconfigurationException(
                 "RLPruneCallback: the training data has no length, so a probe's cycle cannot be one epoch long. "
                 "Set options.probe_batches (e.g. 100)."
@@ -249,7 +249,7 @@ class RLPruneCallback(PruningCallback):
     def _check_batches(self, run: Session) -> list[data.Batch]:
         skip, count = self.options.reward_batches, self.options.check_batches
         if count is None:
-            count = data.batch_count(data.validation_loader(run.trainer)) - skip
+            count = data.batch_count(data.loader(run.trainer, "val")) - skip
         return run.batches("val", skip + count)[skip:]
 
     def _summary(self, trainer: pl.Trainer, run: Session) -> dict[str, Any] | None:

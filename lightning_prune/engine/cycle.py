@@ -63,7 +63,7 @@ def train_cycle(trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int, 
     rates are left where the cycle ends."""
     optimizer = trainer.optimizers[0]
     peaks = [group["lr"] for group in optimizer.param_groups]
-    batches = training_batches(data.train_loader(trainer), steps, seed)
+    batches = training_batches(data.loader(trainer, "train"), steps, seed)
     with silenced(pl_module), preserved_modes(pl_module), torch.inference_mode(False), torch.enable_grad():
         pl_module.train()
         for step, batch in enumerate(batches):

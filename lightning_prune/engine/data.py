@@ -20,33 +20,27 @@ from lightning_prune.engine.metric import Unpack, unpack_pair
 Batch = tuple[Any, torch.Tensor]
 
 
-def validation_loader(trainer: pl.Trainer) -> DataLoader:
-    """The first validation dataloader the Trainer was given (datamodule, module hook or `val_dataloaders`).
+def loader(trainer: pl.Trainer, split: Literal["train", "val"]) -> DataLoader:
+    """The first training or validation dataloader the Trainer was given (datamodule, module hook or the loaders
+    passed to `fit`), also before Lightning has loaded it: the one place the callbacks reach the Trainer's data.
 
     Raises:
-        MisconfigurationException: the Trainer has no validation data to score candidates on.
+        MisconfigurationException: the Trainer has no such data (validation: none, or an empty dataset).
     """
-    loader = _first(trainer.val_dataloaders, trainer.fit_loop.epoch_loop.val_loop)
-    empty = isinstance(loader, DataLoader) and hasattr(loader.dataset, "__len__") and len(loader.dataset) == 0
-    if not isinstance(loader, DataLoader) or empty:
+    if split == "train":
+        found = _first(trainer.train_dataloader, trainer.fit_loop)
+        if not isinstance(found, DataLoader):
+            raise MisconfigurationException("Pruning needs training batches: give the Trainer a train dataloader.")
+        return found
+    found = _first(trainer.val_dataloaders, trainer.fit_loop.epoch_loop.val_loop)
+    empty = isinstance(found, DataLoader) and hasattr(found.dataset, "__len__") and len(found.dataset) == 0
+    if not isinstance(found, DataLoader) or empty:
         raise MisconfigurationException(
             "Pruning scores candidates on the validation split, but the Trainer has no validation data: pass "
             "`val_dataloaders=` to fit (or a datamodule with val_dataloader) holding data out from training "
             "(never the test split)."
         )
-    return loader
-
-
-def train_loader(trainer: pl.Trainer) -> DataLoader:
-    """The first training dataloader the Trainer was given (also before Lightning loads it).
-
-    Raises:
-        MisconfigurationException: the Trainer has no training dataloader.
-    """
-    loader = _first(trainer.train_dataloader, trainer.fit_loop)
-    if not isinstance(loader, DataLoader):
-        raise MisconfigurationException("Pruning needs training batches: give the Trainer a train dataloader.")
-    return loader
+    return found
 
 
 def _first(loaded: Any, loop: Any) -> Any:
@@ -74,10 +68,10 @@ def first_batches(
     leaves the training run's random stream alone. With `seed`, augmentation draws from that seed: the same
     batches on every rank and after a resume; with `shuffle`, the batches are drawn from the whole split in an
     order fixed by `seed`."""
-    loader = validation_loader(trainer) if split == "val" else train_loader(trainer)
+    source = loader(trainer, split)
     convert = trainer.precision_plugin.convert_input
     batches = []
-    for batch in drawn_batches(loader, count, seed, shuffle):
+    for batch in drawn_batches(source, count, seed, shuffle):
         x, y = unpack(batch)
         batches.append((convert(move_data_to_device(x, pl_module.device)), move_data_to_device(y, pl_module.device)))
     return batches

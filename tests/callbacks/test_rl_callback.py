@@ -295,12 +295,12 @@ def _trained_batches(trainer: pl.Trainer) -> int:
         (tiny_classifier(), {}, {"limit_val_batches": 0}, "limit_val_batches=0"),
         (
             tiny_classifier(),
-            {"check_batches": 16},
+            {"check_batches": 32},
             {},
-            r"after the 1 the search scores \(options.reward_batches\).*at least 17 batches, but it has 16.*"
+            r"after the 1 the search scores \(options.reward_batches\).*at least 33 batches, but it has 32.*"
             r"lower options.reward_batches / options.check_batches",
         ),
-        (tiny_classifier(), {"reward_batches": 16}, {}, "at least 17 batches, but it has 16"),
+        (tiny_classifier(), {"reward_batches": 32}, {}, "at least 33 batches, but it has 32"),
     ],
     ids=[
         "unknown-layer",
