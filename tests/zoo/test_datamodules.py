@@ -230,7 +230,7 @@ def test_embedded_fashion_mnist() -> None:
     dm = EmbeddedFashionMNISTDataModule()
     dm.setup("fit")
     dm.setup("test")
-    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (3500, 500, 1000)
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (3000, 1000, 1000)
     assert dm.num_workers == 0 and dm.num_classes == 10 and dm.in_channels == 1 and dm.image_size == 32
     all_train = dm.train_dataset.labels
     assert torch.bincount(all_train, minlength=10).tolist() == [400] * 10
