@@ -239,7 +239,7 @@ def test_embedded_fashion_mnist() -> None:
     assert x.shape == (128, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     x, _ = next(iter(dm.val_dataloader()))
     assert x.shape[1:] == (1, 32, 32)
-    assert dm.hparams["val_size"] == 500 and dm.hparams["batch_size"] == 128
+    assert dm.hparams["val_size"] == 1000 and dm.hparams["batch_size"] == 128
 
 
 def test_embedded_matches_shared_files() -> None:
