@@ -22,7 +22,7 @@ from jsonargparse import ArgumentError
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lightning_prune.io import export, report
+from lightning_prune.io import checkpoint, export, report
 from lightning_prune.zoo.module import ImageClassifier
 
 TOOLS = ("export", "report")
@@ -120,7 +120,7 @@ def run_tool(argv: Sequence[str]) -> int:
     """Run `export` or `report`; user errors print one line on stderr and return exit code 2."""
     args = tool_parser().parse_args(list(argv))
     try:
-        model_class = export.import_model_class(args.model_class)
+        model_class = checkpoint.import_model_class(args.model_class)
         if args.tool == "export":
             result = export.export_checkpoint(args.checkpoint, args.format, args.output, model_class=model_class)
             print(f"Wrote {args.format} model to {result.path}")
@@ -138,7 +138,7 @@ def run_tool(argv: Sequence[str]) -> int:
                 report.print_report(data)
                 if args.plot is not None:
                     print(f"Plot written to {args.plot}")
-    except (export.CheckpointError, ValueError, OSError) as err:
+    except (checkpoint.CheckpointError, ValueError, OSError) as err:
         print(f"lightning-prune {args.tool}: error: {err}", file=sys.stderr)
         return 2
     return 0

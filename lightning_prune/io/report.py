@@ -19,7 +19,7 @@ from lightning_prune.callbacks import history
 from lightning_prune.engine import surgery
 from lightning_prune.engine.cost import model_cost
 from lightning_prune.engine.plan import PLAN_KEY, PruningPlan, network_of
-from lightning_prune.io.export import CheckpointError, check_writable, load_pruned, read_checkpoint
+from lightning_prune.io.checkpoint import CheckpointError, check_writable, load_pruned, read_checkpoint
 from lightning_prune.zoo.module import ImageClassifier
 
 
@@ -144,7 +144,7 @@ def plot_channels(report: dict[str, Any], path: str | Path) -> Path:
     """Bar plot of channels per layer before and after pruning, written as an image (PNG by the suffix).
 
     Raises:
-        ValueError: a file cannot be written at `path` (see `export.check_writable`).
+        ValueError: a file cannot be written at `path` (see `checkpoint.check_writable`).
     """
     check_writable(path, "--plot")
     import matplotlib

@@ -9,17 +9,9 @@ import onnxruntime
 import pytest
 import torch
 
+from lightning_prune.io.checkpoint import CheckpointError, check_writable, load_pruned, read_checkpoint
 from lightning_prune.io.cli import main
-from lightning_prune.io.export import (
-    FORMATS,
-    CheckpointError,
-    check_writable,
-    export_checkpoint,
-    export_model,
-    load_pruned,
-    output_path,
-    read_checkpoint,
-)
+from lightning_prune.io.export import FORMATS, export_checkpoint, export_model, output_path
 
 
 def _logits(module, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
