@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -16,10 +16,22 @@ from torch.nn.parallel import DistributedDataParallel
 from lightning_prune.engine import batchnorm, data, plan, scoring, surgery
 from lightning_prune.engine.cost import model_cost
 from lightning_prune.engine.cycle import train_cycle
+from lightning_prune.engine.metric import Score, Unpack
 from lightning_prune.engine.snapshot import TrainingSnapshot
 
-if TYPE_CHECKING:
-    from lightning_prune.callbacks.base import PruningCallback
+
+class Pruner(Protocol):
+    """What a session reads from its pruning callback (`callbacks.base.PruningCallback`)."""
+
+    groups: list[str]
+    input_shape: list[int] | None
+    options: Any
+
+    @property
+    def unpack(self) -> Unpack: ...
+
+    @property
+    def score(self) -> Score: ...
 
 
 class Session:
@@ -31,7 +43,7 @@ class Session:
         pl_module: the module being pruned.
     """
 
-    def __init__(self, callback: PruningCallback, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def __init__(self, callback: Pruner, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.callback, self.trainer, self.module = callback, trainer, pl_module
         self.name = type(callback).__name__
         self.context = trainer.precision_plugin.forward_context
