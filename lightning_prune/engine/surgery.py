@@ -625,7 +625,11 @@ def rollback_on_error(
 
 
 def _expand_to_units(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int], size: int, name: str) -> list[int]:
-    """`idxs` widened to whole units (see `channel_units`).
+    """`idxs` rounded to whole units (see `channel_units`): as many units as `idxs` fills, `len(idxs) // unit`
+    (at least one), those holding the most of `idxs` (the lowest first on a tie). A cut of whole units never
+    removes more channels than asked, unless fewer than one unit was asked; so a floor of kept channels is
+    honoured in whole units (rounded up), where widening each channel to its unit would empty the layer as soon as
+    the channels asked for are spread over every unit.
 
     Raises:
         ValueError: a requested channel belongs to no removable unit.
@@ -636,7 +640,10 @@ def _expand_to_units(graph: tp.DependencyGraph, module: nn.Module, idxs: list[in
     missing = [i for i in idxs if i not in by_channel]
     if missing:
         raise ValueError(f"Channels {missing} of {name!r} cannot be removed: {reason or 'no valid unit holds them'}")
-    return sorted({i for idx in idxs for i in by_channel[idx]})
+    asked = set(idxs)
+    touched = sorted({tuple(by_channel[i]) for i in idxs}, key=lambda u: (-len(asked.intersection(u)), u))
+    count = max(1, len(idxs) // max(len(u) for u in touched))
+    return sorted(i for unit in touched[:count] for i in unit)
 
 
 def prune_step(
@@ -650,8 +657,8 @@ def prune_step(
 
     Optimizers get the new parameter objects, with per-parameter state sliced to the kept channels.
     Frozen parameters stay frozen, the memory layout and every module's train/eval mode are kept.
-    Around grouped convolutions `idxs` is widened to whole units (`channel_units`): the returned step says
-    what was removed. The cut is transactional: if anything fails after tensors started changing, model, graph
+    Around grouped convolutions `idxs` is rounded to whole units (`channel_units`, `_expand_to_units`): the
+    returned step says what was removed. The cut is transactional: if anything fails after tensors started changing, model, graph
     and optimizers are restored (`rollback_on_error`) and the exception propagates; `rollback=False` skips
     that snapshot, for a caller that holds its own `CutSnapshot`.
 

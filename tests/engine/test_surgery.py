@@ -452,6 +452,20 @@ def test_grouped_convolution_loses_the_same_channels_in_every_group() -> None:
     model(x)
 
 
+def test_grouped_cut_spread_over_every_unit_removes_whole_units_up_to_the_count() -> None:
+    # The RL callback asks for half of a group's filters in its learned order: spread over every unit, widening
+    # each filter to its unit emptied the layer (regnet_y_400mf, resnext50_32x4d); whole units up to the count
+    # are cut instead, so a floor of kept filters holds in whole units.
+    model = _Grouped().eval()
+    inputs, graph = _graph(model)
+    step = surgery.prune_step(model, graph, ["a.0", True, [0, 1, 2, 3]])
+    assert step == ["a.0", True, [0, 1, 4, 5]]
+    assert model.a[0].out_channels == 4 and model.b[0].in_channels == 4
+    step = surgery.prune_step(model, graph, ["a.0", True, [0, 2, 3]])  # 3 of 4 channels fill one unit of 2
+    assert len(step[2]) == 2 and model.a[0].out_channels == 2
+    model(torch.randn(2, 3, 32, 32))
+
+
 def test_output_layer_is_never_pruned() -> None:
     torch.manual_seed(0)
     model = build_model("squeezenet1_0", num_classes=10).eval()
