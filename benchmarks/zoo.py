@@ -212,7 +212,7 @@ def _record(name: str, size: int, fit: Callable[[], dict[str, Any]]) -> dict[str
     try:
         record.update(fit(), crash=None)
     except Exception as err:  # noqa: BLE001 - a crash is a result here
-        record.update(crash=f"{type(err).__name__}: {err}"[:2000], traceback=traceback.format_exc(limit=8))
+        record.update(crash=f"{type(err).__name__}: {err}"[:2000], traceback=traceback.format_exc()[-3000:])
     record["seconds"] = round(time.perf_counter() - start, 2)
     return record
 

@@ -3,6 +3,8 @@ and the optimizer remap that keeps training the new parameters with their sliced
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch_pruning as tp
@@ -579,3 +581,29 @@ def test_rollback_on_error_restores_hooks_and_reraises() -> None:
 def test_out_channels_of_normalisation_layers() -> None:
     assert surgery.out_channels(nn.GroupNorm(2, 6)) == 6
     assert surgery.out_channels(nn.LayerNorm(12)) == 12
+
+
+def test_dry_run_skips_a_split_into_hard_coded_widths() -> None:
+    # timm res2net50_14w_8s: the dry run's single-channel cut passed, and the probe's deeper cut failed the next
+    # forward ("expected input ... to have 5 channels, but got 14"); the dry run now cuts half of every group.
+    res2net = pytest.importorskip("timm.models.res2net")
+    torch.manual_seed(0)
+    model = res2net.ResNet(
+        block=res2net.Bottle2neck,
+        layers=[2, 1, 1, 1],
+        base_width=14,
+        block_args={"scale": 4},
+        num_classes=10,
+        channels=(32, 64, 64, 64),
+        stem_width=16,
+    ).eval()
+    inputs = surgery.example_input(model, [1, 3, 32, 32])
+    passing, reasons = surgery.candidate_groups(model, inputs)
+    assert passing and any("conv1" in name for name in reasons)
+    work = copy.deepcopy(model)
+    graph = surgery.build_graph(work, inputs)
+    for group in passing:  # what passes survives the deepest cut min_keep=0.5 allows, all groups at once
+        units = surgery.channel_units(work, graph, group.name)
+        surgery.prune_step(work, graph, [group.name, True, [i for u in units[1::2] for i in u]])
+    with torch.no_grad():
+        assert work(inputs).shape == (1, 10)
