@@ -209,8 +209,7 @@ class RLPruneCallback(PruningCallback):
         while len(self.probes) < self.options.probes:
             ratio = level.next_ratio(self.probes, self.b, top)
             self.probes.append(self._probe(trainer, pl_module, ratio, checks, cycle, remaining))
-        chosen = level.choose(self.probes, self.b, top)
-        self._cut_to(trainer, pl_module, chosen["ratio"])
+        chosen = self._cut_finite(trainer, pl_module, level.choose(self.probes, self.b, top), checks)
         self.history = self._records(pl_module)
         self.level = {**chosen, "epoch": trainer.current_epoch, "macs_removed": self._macs_removed(pl_module)}
         tracking.log_level(trainer, self.probes, self.level)
@@ -218,6 +217,28 @@ class RLPruneCallback(PruningCallback):
             f"pruned {100 * self.level['macs_removed']:.1f}% of the MACs (ratio {chosen['ratio']:.3f} of every "
             f"group), predicted final drop {chosen['predicted']:.2f} of b={self.b}"
         )
+
+    def _cut_finite(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, chosen: dict[str, Any], checks: list[scoring.Batch]
+    ) -> dict[str, Any]:
+        """Cut to the `chosen` level; if the cut network's held-out outputs are not finite, undo it and cut to the
+        next lower level a probe measured as finite, else leave the network dense, with a warning. Returns the
+        level kept."""
+        lower = sorted({p["ratio"] for p in self.probes if math.isfinite(p["predicted"])}, reverse=True)
+        for ratio in [chosen["ratio"], *(r for r in lower if r < chosen["ratio"])]:
+            if ratio == 0:
+                break
+            snapshot = TrainingSnapshot(trainer, pl_module)
+            self._cut_to(trainer, pl_module, ratio)
+            if all(math.isfinite(v) for v in self._batch_scores(trainer, pl_module, checks)):
+                predicted = level.curve(ratio, chosen["scale"], chosen["alpha"])
+                return chosen if ratio == chosen["ratio"] else {**chosen, "ratio": ratio, "predicted": predicted}
+            snapshot.restore(trainer)
+            rank_zero_warn(
+                f"RLPruneCallback: the network cut to ratio {ratio:.3f} ({', '.join(self.groups)}) gives outputs "
+                "that are not finite (NaN or inf) on the held-out batches: the cut is undone."
+            )
+        return {**chosen, "ratio": 0.0, "predicted": 0.0}
 
     def _remaining_batches(self, trainer: pl.Trainer) -> float:
         """Training batches left in the run from the current epoch on (inf: no limit)."""
@@ -391,6 +412,12 @@ class RLPruneCallback(PruningCallback):
         if self.baseline is None or self.dense is None:
             return None
         scores = self._batch_scores(trainer, pl_module, self._check_batches(trainer, pl_module))
+        if not all(math.isfinite(v) for v in scores):
+            rank_zero_warn(
+                "RLPruneCallback: at the end of training the network's outputs on the held-out batches are not "
+                f"finite (NaN or inf); it was cut to ratio {(self.level or {}).get('ratio', 0.0):.3f} with finite "
+                "outputs, so the training after the cut diverged: lower the learning rate."
+            )
         realised, check = level.paired_drop(self.dense, scores), sum(scores) / len(scores)
         final = {
             **self.cost(pl_module),
