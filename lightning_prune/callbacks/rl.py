@@ -178,8 +178,7 @@ class RLPruneCallback(PruningCallback):
         while len(self.probes) < self.options.probes:
             ratio = level.next_ratio(self.probes, self.b, top)
             self.probes.append(self._probe(run, ratio, checks, cycle, remaining))
-        chosen = level.choose(self.probes, self.b, top)
-        self._cut_to(run, chosen["ratio"])
+        chosen = self._cut_finite(run, level.choose(self.probes, self.b, top), checks)
         self.record_cuts(trainer, run, self.widths)
         self.level = {**chosen, "epoch": trainer.current_epoch, "macs_removed": self._macs_removed(run)}
         tracking.log_level(trainer, self.probes, self.level)
@@ -187,6 +186,26 @@ class RLPruneCallback(PruningCallback):
             f"pruned {100 * self.level['macs_removed']:.1f}% of the MACs (ratio {chosen['ratio']:.3f} of every "
             f"group), predicted final drop {chosen['predicted']:.2f} of b={self.b}"
         )
+
+    def _cut_finite(self, run: Session, chosen: dict[str, Any], checks: list[data.Batch]) -> dict[str, Any]:
+        """Cut to the `chosen` level; if the cut network's held-out outputs are not finite, undo it and cut to the
+        next lower level a probe measured as finite, else leave the network dense, with a warning. Returns the
+        level kept."""
+        lower = sorted({p["ratio"] for p in self.probes if math.isfinite(p["predicted"])}, reverse=True)
+        for ratio in [chosen["ratio"], *(r for r in lower if r < chosen["ratio"])]:
+            if ratio == 0:
+                break
+            snapshot = run.snapshot()
+            self._cut_to(run, ratio)
+            if all(math.isfinite(v) for v in run.batch_scores(checks)):
+                predicted = level.curve(ratio, chosen["scale"], chosen["alpha"])
+                return chosen if ratio == chosen["ratio"] else {**chosen, "ratio": ratio, "predicted": predicted}
+            snapshot.restore(run.trainer)
+            rank_zero_warn(
+                f"RLPruneCallback: the network cut to ratio {ratio:.3f} ({', '.join(self.groups)}) gives outputs "
+                "that are not finite (NaN or inf) on the held-out batches: the cut is undone."
+            )
+        return {**chosen, "ratio": 0.0, "predicted": 0.0}
 
     def _floors(self) -> dict[str, int]:
         return {name: min_keep_count(self.min_keep, width) for name, width in self.widths.items()}
@@ -256,6 +275,12 @@ class RLPruneCallback(PruningCallback):
         if self.baseline is None or self.dense is None:
             return None
         scores = run.batch_scores(self._check_batches(run))
+        if not all(math.isfinite(v) for v in scores):
+            rank_zero_warn(
+                "RLPruneCallback: at the end of training the network's outputs on the held-out batches are not "
+                f"finite (NaN or inf); it was cut to ratio {(self.level or {}).get('ratio', 0.0):.3f} with finite "
+                "outputs, so the training after the cut diverged: lower the learning rate."
+            )
         realised, check = level.paired_drop(self.dense, scores), sum(scores) / len(scores)
         final = {
             "val_acc": self.monitored(trainer) if self.monitor is not None else check,

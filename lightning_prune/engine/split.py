@@ -42,10 +42,11 @@ SLICE_FRACTION = 0.25
 
 
 def channel_scale(channels: int, index: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """1 for kept channels, 0 for the channels `index` assigns to removed root channels."""
-    scale = torch.ones(channels, device=index.device)
+    """1 for kept channels, 0 for the channels `index` assigns to removed root channels (an index of `channels`
+    marks a root channel that does not reach this module)."""
+    scale = torch.ones(channels + 1, device=index.device)
     scale[index[~keep.to(index.device)]] = 0.0
-    return scale
+    return scale[:channels]
 
 
 def _as_layout_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

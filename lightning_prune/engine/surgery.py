@@ -407,6 +407,11 @@ def channel_groups(
             skipped[name] = f"it holds the output layer {names[last]!r}, which keeps all its outputs"
             continue
         problem = _group_problem(graph, group, names)
+        if problem is None:
+            try:
+                _channel_maps(group, set(names), size)
+            except Exception as err:  # noqa: BLE001 - a map the masks cannot use leaves the group whole
+                problem = f"its channel index map fails ({type(err).__name__}: {err})"
         if problem is None and size < 2:
             problem = "it has a single channel"
         unit = 1
@@ -445,18 +450,25 @@ def select_groups(groups: Sequence[ChannelGroup], layers: Sequence[str] | None) 
 def output_channel_maps(model: nn.Module, graph: tp.DependencyGraph, name: str) -> list[tuple[nn.Module, torch.Tensor]]:
     """Modules whose output channels belong to group `name`, each with its own channel index per root channel.
 
-    Zeroing those output channels (after BatchNorm) is, in eval mode, what removing them would do.
+    Zeroing those output channels (after BatchNorm) is, in eval mode, what removing them would do. A module that
+    only some root channels reach (one branch of a concatenation: ghost modules, mixed-kernel convolutions) maps
+    the others to its channel count, one past its last channel, which the masks leave alone; a module reached
+    from several root channels (a cheap depthwise branch fed by the other) loses a channel when any of them goes.
     """
     root = model.get_submodule(name)
-    group = _out_group(graph, root, list(range(out_channels(root))))
-    modules = set(model.modules())
+    size = out_channels(root)
+    return _channel_maps(_out_group(graph, root, list(range(size))), set(model.modules()), size)
+
+
+def _channel_maps(group: Any, modules: set[nn.Module], size: int) -> list[tuple[nn.Module, torch.Tensor]]:
     maps: dict[nn.Module, torch.Tensor] = {}
-    for item in group.items:
+    for item in group.items:  # a module reached along several paths: each fills the root channels it maps
         module = item.dep.target.module
-        if module in modules and item.dep.handler.__name__ == "prune_out_channels" and module not in maps:
-            idx = torch.empty(len(item.idxs), dtype=torch.long)
-            idx[torch.as_tensor(item.root_idxs)] = torch.as_tensor(item.idxs)
-            maps[module] = idx
+        if module in modules and item.dep.handler.__name__ == "prune_out_channels":
+            idx = maps.setdefault(module, torch.full((size,), out_channels(module), dtype=torch.long))
+            roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
+            new = idx[roots] == out_channels(module)
+            idx[roots[new]] = torch.as_tensor(item.idxs, dtype=torch.long)[new]
     return list(maps.items())
 
 
@@ -625,7 +637,11 @@ def rollback_on_error(
 
 
 def _expand_to_units(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int], size: int, name: str) -> list[int]:
-    """`idxs` widened to whole units (see `channel_units`).
+    """`idxs` rounded to whole units (see `channel_units`): as many units as `idxs` fills, `len(idxs) // unit`
+    (at least one), those holding the most of `idxs` (the lowest first on a tie). A cut of whole units never
+    removes more channels than asked, unless fewer than one unit was asked; so a floor of kept channels is
+    honoured in whole units (rounded up), where widening each channel to its unit would empty the layer as soon as
+    the channels asked for are spread over every unit.
 
     Raises:
         ValueError: a requested channel belongs to no removable unit.
@@ -636,7 +652,10 @@ def _expand_to_units(graph: tp.DependencyGraph, module: nn.Module, idxs: list[in
     missing = [i for i in idxs if i not in by_channel]
     if missing:
         raise ValueError(f"Channels {missing} of {name!r} cannot be removed: {reason or 'no valid unit holds them'}")
-    return sorted({i for idx in idxs for i in by_channel[idx]})
+    asked = set(idxs)
+    touched = sorted({tuple(by_channel[i]) for i in idxs}, key=lambda u: (-len(asked.intersection(u)), u))
+    count = max(1, len(idxs) // max(len(u) for u in touched))
+    return sorted(i for unit in touched[:count] for i in unit)
 
 
 def prune_step(
@@ -650,10 +669,10 @@ def prune_step(
 
     Optimizers get the new parameter objects, with per-parameter state sliced to the kept channels.
     Frozen parameters stay frozen, the memory layout and every module's train/eval mode are kept.
-    Around grouped convolutions `idxs` is widened to whole units (`channel_units`): the returned step says
-    what was removed. The cut is transactional: if anything fails after tensors started changing, model, graph
-    and optimizers are restored (`rollback_on_error`) and the exception propagates; `rollback=False` skips
-    that snapshot, for a caller that holds its own `CutSnapshot`.
+    Around grouped convolutions `idxs` is rounded to whole units (`channel_units`, `_expand_to_units`): the
+    returned step says what was removed. The cut is transactional: if anything fails after tensors started
+    changing, model, graph and optimizers are restored (`rollback_on_error`) and the exception propagates;
+    `rollback=False` skips that snapshot, for a caller that holds its own `CutSnapshot`.
 
     Raises:
         ValueError: bad indices, an unknown layer, or a group that cannot be pruned correctly (its reason).
@@ -718,7 +737,9 @@ def replay(model: nn.Module, steps: Sequence[Step], inputs: torch.Tensor) -> tp.
 def dry_run(
     model: nn.Module, groups: Sequence[ChannelGroup], inputs: torch.Tensor
 ) -> tuple[list[ChannelGroup], dict[str, str]]:
-    """Cut one unit (a channel, or one channel per convolution group) of every group on a copy of `model`.
+    """Cut half of every group's units (channels, or one channel per convolution group; at least one) on a copy
+    of `model`: a forward whose widths are hard-coded somewhere (a split into fixed-width chunks) may survive the
+    loss of a single channel but not of many.
 
     A group passes when its cut succeeds and an eval-mode forward pass of `inputs` runs and gives the output
     shape(s) of the uncut model. One copy and one graph serve every group: all groups are cut together and checked
@@ -749,10 +770,12 @@ def dry_run(
         current = None
         try:
             for current in batch:
-                units = channel_units(work, graph, current.name) if current.unit > 1 else [[0]]
+                whole = [[i] for i in range(current.size)]
+                units = channel_units(work, graph, current.name) if current.unit > 1 else whole
                 if not units:
                     raise ValueError("no unit of channels can be removed")
-                prune_step(work, graph, [current.name, True, units[0]], rollback=False)
+                take = [i for u in units[::2] for i in u]  # every other one: each chunk of a split loses some
+                prune_step(work, graph, [current.name, True, take], rollback=False)
             current = None
             got = forward()
             if got != expected:

@@ -10,7 +10,7 @@ from helpers import load_benchmark
 
 def test_zoo_squeezenet_line(tmp_path: Path) -> None:
     zoo = load_benchmark("zoo")
-    out = tmp_path / "zoo.json"
+    out = tmp_path / "zoo.jsonl"
     assert zoo.main(["--models", "squeezenet1_0", "--output", str(out)]) == 0
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["crash"] is None and record["groups_pruned"] == 25

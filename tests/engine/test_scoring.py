@@ -551,3 +551,39 @@ def test_a_candidate_with_outputs_that_are_not_finite_scores_nan(cache: bool) ->
         model.conv.weight[0] = 0.0
         model.conv.bias[0] = 0.0
     assert math.isnan(evaluate(model, batches))
+
+
+class _Ghost(nn.Module):
+    """A ghost bottleneck (GhostNet): half the channels from a convolution, half from a cheap depthwise one on
+    them, concatenated and added to a shortcut; each branch holds only half of the shortcut's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.ReLU())
+        self.shortcut = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8))
+        self.mix = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary(x)
+        return self.head(self.mix(torch.cat([x1, self.cheap(x1)], dim=1) + self.shortcut(x)))
+
+
+def test_concatenated_branches_are_masked_like_the_physical_cut() -> None:
+    # ghostnet / mixnet (timm): a branch holds only part of the group's root channels, and building its index
+    # raised IndexError in the search; each branch now maps the root channels it holds.
+    model = _randomized(_Ghost())
+    batches = _batches(model)
+    graph = surgery.build_graph(model, EXAMPLE)
+    groups = surgery.channel_groups(model, graph, EXAMPLE)
+    assert any(len(g.members) > 1 for g in groups)
+    for group in groups:
+        maps = surgery.output_channel_maps(model, graph, group.name)
+        for keep in _keep_masks(group.size, seed=3):
+            if group.size == 8:  # shortcut channels c and c + 4 hang on the same primary channel: one unit
+                keep = keep[:4].repeat(2)
+            expected = _pruned_accuracy(model, group.name, keep, batches)
+            for cache in (True, False):
+                with CandidateScorer(model, maps, batches, cache=cache) as scorer:
+                    assert scorer.accuracy(keep) == expected, (group.name, cache)

@@ -3,6 +3,8 @@ and the optimizer remap that keeps training the new parameters with their sliced
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch_pruning as tp
@@ -452,6 +454,20 @@ def test_grouped_convolution_loses_the_same_channels_in_every_group() -> None:
     model(x)
 
 
+def test_grouped_cut_spread_over_every_unit_removes_whole_units_up_to_the_count() -> None:
+    # The RL callback asks for half of a group's filters in its learned order: spread over every unit, widening
+    # each filter to its unit emptied the layer (regnet_y_400mf, resnext50_32x4d); whole units up to the count
+    # are cut instead, so a floor of kept filters holds in whole units.
+    model = _Grouped().eval()
+    inputs, graph = _graph(model)
+    step = surgery.prune_step(model, graph, ["a.0", True, [0, 1, 2, 3]])
+    assert step == ["a.0", True, [0, 1, 4, 5]]
+    assert model.a[0].out_channels == 4 and model.b[0].in_channels == 4
+    step = surgery.prune_step(model, graph, ["a.0", True, [0, 2, 3]])  # 3 of 4 channels fill one unit of 2
+    assert len(step[2]) == 2 and model.a[0].out_channels == 2
+    model(torch.randn(2, 3, 32, 32))
+
+
 def test_output_layer_is_never_pruned() -> None:
     torch.manual_seed(0)
     model = build_model("squeezenet1_0", num_classes=10).eval()
@@ -565,3 +581,29 @@ def test_rollback_on_error_restores_hooks_and_reraises() -> None:
 def test_out_channels_of_normalisation_layers() -> None:
     assert surgery.out_channels(nn.GroupNorm(2, 6)) == 6
     assert surgery.out_channels(nn.LayerNorm(12)) == 12
+
+
+def test_dry_run_skips_a_split_into_hard_coded_widths() -> None:
+    # timm res2net50_14w_8s: the dry run's single-channel cut passed, and the probe's deeper cut failed the next
+    # forward ("expected input ... to have 5 channels, but got 14"); the dry run now cuts half of every group.
+    res2net = pytest.importorskip("timm.models.res2net")
+    torch.manual_seed(0)
+    model = res2net.ResNet(
+        block=res2net.Bottle2neck,
+        layers=[2, 1, 1, 1],
+        base_width=14,
+        block_args={"scale": 4},
+        num_classes=10,
+        channels=(32, 64, 64, 64),
+        stem_width=16,
+    ).eval()
+    inputs = surgery.example_input(model, [1, 3, 32, 32])
+    passing, reasons = surgery.candidate_groups(model, inputs)
+    assert passing and any("conv1" in name for name in reasons)
+    work = copy.deepcopy(model)
+    graph = surgery.build_graph(work, inputs)
+    for group in passing:  # what passes survives the deepest cut min_keep=0.5 allows, all groups at once
+        units = surgery.channel_units(work, graph, group.name)
+        surgery.prune_step(work, graph, [group.name, True, [i for u in units[1::2] for i in u]])
+    with torch.no_grad():
+        assert work(inputs).shape == (1, 10)
