@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -48,10 +49,15 @@ _SIZES = {"inception_v3": 96, "maxvit_t": 224, "vit_h_14": 56}
 _KWARGS = {"vit_": lambda size: {"image_size": size}}
 
 
-def _build(name: str, size: int, num_classes: int = 10) -> torch.nn.Module:
+#: Models whose training-mode forward returns auxiliary logits too: a user fine-tuning them with one loss turns those
+#: heads off (they run only in training, so the eval-mode trace that finds the channel groups never sees them).
+_TRAIN_KWARGS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+
+
+def _build(name: str, size: int, num_classes: int = 10, **extra: Any) -> torch.nn.Module:
     kwargs = next((make(size) for prefix, make in _KWARGS.items() if name.startswith(prefix)), {})
     torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs, **extra)
 
 
 def run_model(name: str, size: int = 64, fraction: float = 0.25) -> dict[str, Any]:
@@ -143,7 +149,10 @@ class Classifier(_Fitted):
         super().__init__()
         self.save_hyperparameters()
         torch.manual_seed(0)
-        self.net = _timm_model(name, num_classes) if source == "timm" else _build(name, size, num_classes)
+        if source == "timm":
+            self.net = _timm_model(name, num_classes)
+        else:
+            self.net = _build(name, size, num_classes, **_TRAIN_KWARGS.get(name, {}))
         self.example_input_array = torch.zeros(1, 3, size, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,8 +202,8 @@ def fit_with_callback(
         reloaded = load_module(type(module), path).eval()(probe)
     messages = list(dict.fromkeys(str(w.message) for w in caught))
     return {
-        "groups_searched": len(callback.history),
-        "groups_pruned": sum(r["after"] < r["before"] for r in callback.history),
+        "groups_searched": len(callback.groups),
+        "groups_pruned": len({r["name"] for r in callback.history}),
         "level": (callback.level or {}).get("ratio"),
         "macs_before": before.macs,
         "macs_after": after.macs,
@@ -290,7 +299,8 @@ def callback_table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{head} timeout | | | | | {r['seconds']} |")
             continue
         if r.get("crash"):
-            lines.append(f"{head} crash: {_cell(r['crash'])} | | | | | {r['seconds']} |")
+            what = "refused" if _refused(r) else "crash"
+            lines.append(f"{head} {what}: {_cell(r['crash'])} | | | | | {r['seconds']} |")
             continue
         removed = 100 * r["macs_removed"] / r["macs_before"] if r["macs_before"] else 0.0
         finite = "NO" if r["non_finite"] else "yes"
@@ -302,6 +312,27 @@ def callback_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['seconds']} |"
         )
     return "\n".join(lines)
+
+
+def _refused(record: dict[str, Any]) -> bool:
+    """Whether the callback refused the model at setup with its own clear error (not a crash)."""
+    return (record.get("crash") or "").startswith("MisconfigurationException")
+
+
+def callback_counts(rows: list[dict[str, Any]]) -> str:
+    """One line of counts over callback records: crashes, timeouts, non-finite outputs, identical reloads, MACs."""
+    ran = [r for r in rows if not r.get("crash") and not r.get("timeout")]
+    pruned = sorted(100 * r["macs_removed"] / r["macs_before"] for r in ran if r["groups_pruned"] and r["macs_before"])
+    median = statistics.median(pruned) if pruned else 0.0
+    span = f"{pruned[0]:.1f}-{pruned[-1]:.1f} %" if pruned else "-"
+    refused = sum(_refused(r) for r in rows)
+    return (
+        f"{len(rows)} models: {sum(bool(r.get('crash')) for r in rows) - refused} crashes, {refused} refused at setup "
+        "(MisconfigurationException: nothing prunable, or not traceable), "
+        f"{sum(bool(r.get('timeout')) for r in rows)} timeouts, {sum(r['non_finite'] for r in ran)} non-finite, "
+        f"{sum(r['reload_identical'] for r in ran)} of {len(ran)} reload identical; {len(pruned)} pruned, MACs "
+        f"removed median {median:.1f} % (range {span}); {sum(not r['groups_pruned'] for r in ran)} with nothing cut"
+    )
 
 
 #: Small timm CNNs, one or two per family (`--timm`): random weights, never downloaded.
@@ -363,7 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, nargs="+", help="print a markdown table of these JSON-lines files")
     args = parser.parse_args(argv)
     if args.table:
-        print(table([json.loads(line) for path in args.table for line in path.read_text().splitlines() if line]))
+        rows = [json.loads(line) for path in args.table for line in path.read_text().splitlines() if line]
+        print(table(rows))
+        if any("groups_searched" in r or r.get("timeout") is not None for r in rows):
+            print("\n" + callback_counts(rows))
         return 0
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

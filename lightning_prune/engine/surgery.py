@@ -207,9 +207,38 @@ def build_graph(model: nn.Module, inputs: torch.Tensor) -> tp.DependencyGraph:
         with _tracing(model), _all_trainable(model):
             return _Graph().build_dependency(model, example_inputs=inputs.clone())
     except Exception as err:  # noqa: BLE001 - any tracer failure becomes one clear error
+        where = _failing_module(err, model)
+        hint = (
+            f" It fails at {where}: leave that module out of the network handed to the callback (prune a "
+            "sub-network without it), or replace it with layers the tracer knows."
+            if where
+            else ""
+        )
         raise UnsupportedModelError(
-            f"Cannot trace the channel dependencies of {type(model).__name__}: {type(err).__name__}: {err}"
+            f"Cannot trace the channel dependencies of {type(model).__name__}: {type(err).__name__}: {err}.{hint}"
         ) from err
+
+
+def _failing_module(err: BaseException, model: nn.Module) -> str | None:
+    """The module (or the operation between named modules) where tracing `model` raised `err`, from the
+    innermost torch-pruning graph node or model module among the traceback's frames; None if none is found."""
+    names = {m: n for n, m in model.named_modules() if n}
+    node, module = None, None
+    tb = err.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, tp.dependency.Node):
+                node = value
+            elif isinstance(value, nn.Module) and value in names:
+                module = value
+        tb = tb.tb_next
+    if node is not None and node.module in names:
+        module = node.module
+    elif node is not None:
+        near = [names[n.module] for n in (*node.inputs, *node.outputs) if n.module in names]
+        if near:
+            return f"the {type(node.module).__name__.strip('_')} next to {', '.join(repr(n) for n in near[:3])}"
+    return f"{names[module]!r} ({type(module).__name__})" if module is not None else None
 
 
 def out_channels(module: nn.Module) -> int:

@@ -607,3 +607,17 @@ def test_dry_run_skips_a_split_into_hard_coded_widths() -> None:
         surgery.prune_step(work, graph, [group.name, True, [i for u in units[1::2] for i in u]])
     with torch.no_grad():
         assert work(inputs).shape == (1, 10)
+
+
+class _Untraceable(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # tracing needs autograd: only the tracer's forward fails here
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+        return x
+
+
+def test_a_graph_that_cannot_be_traced_names_the_module() -> None:
+    # dpn68 / swin_s: "Cannot trace the channel dependencies" said nothing of where; the refusal names the module.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), _Untraceable()), nn.Conv2d(4, 2, 1))
+    with pytest.raises(surgery.UnsupportedModelError, match=r"It fails at '1\.1' \(_Untraceable\)"):
+        surgery.build_graph(model, torch.zeros(1, 3, 8, 8))
