@@ -392,6 +392,26 @@ def execution_order(model: nn.Module, inputs: torch.Tensor) -> dict[nn.Module, i
     return order
 
 
+def _prunability(
+    graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, str], size: int
+) -> tuple[str | None, int]:
+    """Why a group of `size` root channels cannot be cut correctly (None: it can), and the channels of its
+    smallest whole unit (1 unless a grouped convolution cuts whole groups of channels)."""
+    problem = _group_problem(graph, group, names)
+    if problem is None:
+        try:
+            _channel_maps(group, set(names), size)
+        except Exception as err:  # noqa: BLE001 - a map the masks cannot use leaves the group whole
+            problem = f"its channel index map fails ({type(err).__name__}: {err})"
+    if problem is None and size < 2:
+        problem = "it has a single channel"
+    unit = 1
+    if problem is None and _has_grouped_member(group):
+        units, problem = _units(group, size)
+        unit = min((len(u) for u in units), default=size)
+    return problem, unit
+
+
 def channel_groups(
     model: nn.Module,
     graph: tp.DependencyGraph,
@@ -435,18 +455,7 @@ def channel_groups(
         if last is not None and last in outs:
             skipped[name] = f"it holds the output layer {names[last]!r}, which keeps all its outputs"
             continue
-        problem = _group_problem(graph, group, names)
-        if problem is None:
-            try:
-                _channel_maps(group, set(names), size)
-            except Exception as err:  # noqa: BLE001 - a map the masks cannot use leaves the group whole
-                problem = f"its channel index map fails ({type(err).__name__}: {err})"
-        if problem is None and size < 2:
-            problem = "it has a single channel"
-        unit = 1
-        if problem is None and _has_grouped_member(group):
-            units, problem = _units(group, size)
-            unit = min((len(u) for u in units), default=size)
+        problem, unit = _prunability(graph, group, names, size)
         if problem is not None:
             skipped[name] = problem
             continue
@@ -716,43 +725,59 @@ def prune_step(
     size = out_channels(module)
     idxs = check_indices(idxs, size, name)
     with _tracing(model):
-        group = _out_group(graph, module, idxs)
-        if getattr(group, "blocked_reshapes", None):  # judge each reshape by the whole group's channels
-            _out_group(graph, module, range(size))
-            group = _out_group(graph, module, idxs)
-        if _has_grouped_member(group):
-            wider = _expand_to_units(graph, module, idxs, size, name)
-            if wider != idxs:
-                idxs = check_indices(wider, size, name)
-                group = _out_group(graph, module, idxs)
-        names = {m: n for n, m in model.named_modules()}
-        problem = _group_problem(graph, group, names)
-        if problem is not None:
-            raise ValueError(f"Cannot prune {name!r}: {problem}")
-        if not graph.check_pruning_group(group):
-            raise ValueError(f"Removing {len(idxs)} channels of {name!r} would empty a coupled layer")
-        channels_last = _is_channels_last(model)
-        before = dict(model.named_parameters())
-        frozen = {n for n, p in before.items() if not p.requires_grad}
-        removed: dict[nn.Module, list[tuple[bool, list[int]]]] = {}
-        for item in group.items:
-            is_out_set = item.dep.handler.__name__ == "prune_out_channels"
-            removed.setdefault(item.dep.target.module, []).append((is_out_set, list(item.idxs)))
+        group = _checked_group(model, graph, module, idxs, name)
         with rollback_on_error(model, graph, optimizers) if rollback else contextlib.nullcontext():
-            group.prune()
-            modules = dict(model.named_modules())
-            for pname, new in model.named_parameters():
-                old = before.get(pname)
-                if old is None or old is new:
-                    continue
-                new.requires_grad_(pname not in frozen)
-                owner = modules[pname.rpartition(".")[0]]
-                kept = _kept_along_dims(old, new, removed.get(owner, []))
-                for optimizer in optimizers:
-                    _remap_optimizer(optimizer, old, new, kept)
-            if channels_last:
-                model.to(memory_format=torch.channels_last)
+            _cut(model, group, optimizers)
     return graph.pruning_history()[-1]
+
+
+def _checked_group(model: nn.Module, graph: tp.DependencyGraph, module: nn.Module, idxs: list[int], name: str) -> Any:
+    """The torch-pruning group removing `idxs` of `module` (rounded to whole units around grouped convolutions).
+
+    Raises:
+        ValueError: the group cannot be pruned correctly, or the cut would empty a coupled layer.
+    """
+    size = out_channels(module)
+    group = _out_group(graph, module, idxs)
+    if getattr(group, "blocked_reshapes", None):  # judge each reshape by the whole group's channels
+        _out_group(graph, module, range(size))
+        group = _out_group(graph, module, idxs)
+    if _has_grouped_member(group):
+        wider = _expand_to_units(graph, module, idxs, size, name)
+        if wider != idxs:
+            idxs = check_indices(wider, size, name)
+            group = _out_group(graph, module, idxs)
+    problem = _group_problem(graph, group, {m: n for n, m in model.named_modules()})
+    if problem is not None:
+        raise ValueError(f"Cannot prune {name!r}: {problem}")
+    if not graph.check_pruning_group(group):
+        raise ValueError(f"Removing {len(idxs)} channels of {name!r} would empty a coupled layer")
+    return group
+
+
+def _cut(model: nn.Module, group: Any, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Prune `group`; the optimizers get the new parameters with their state sliced, frozen parameters stay frozen
+    and the memory layout is kept."""
+    channels_last = _is_channels_last(model)
+    before = dict(model.named_parameters())
+    frozen = {n for n, p in before.items() if not p.requires_grad}
+    removed: dict[nn.Module, list[tuple[bool, list[int]]]] = {}
+    for item in group.items:
+        is_out_set = item.dep.handler.__name__ == "prune_out_channels"
+        removed.setdefault(item.dep.target.module, []).append((is_out_set, list(item.idxs)))
+    group.prune()
+    modules = dict(model.named_modules())
+    for pname, new in model.named_parameters():
+        old = before.get(pname)
+        if old is None or old is new:
+            continue
+        new.requires_grad_(pname not in frozen)
+        owner = modules[pname.rpartition(".")[0]]
+        kept = _kept_along_dims(old, new, removed.get(owner, []))
+        for optimizer in optimizers:
+            _remap_optimizer(optimizer, old, new, kept)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
 
 
 def replay(model: nn.Module, steps: Sequence[Step], inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -780,51 +805,59 @@ def dry_run(
     """
     if not groups:
         return [], {}
-    work = copy.deepcopy(model)
     try:
-        graph = build_graph(work, inputs)
+        run = _DryRun(model, inputs)
     except UnsupportedModelError as err:
         return [], {g.name: str(err) for g in groups}
+    run.check(list(groups))
+    return [g for g in groups if g.name not in run.failed], run.failed
 
-    def forward() -> list[tuple[int, ...]]:
-        with preserved_modes(work), torch.no_grad():
-            work.eval()
-            return _output_shapes(work(inputs))
 
-    expected = forward()
-    failed: dict[str, str] = {}
+class _DryRun:
+    """One copy of a model and its graph on which batches of groups are cut and checked (see `dry_run`)."""
 
-    def check(batch: Sequence[ChannelGroup]) -> None:
-        snapshot = CutSnapshot(work, graph)
-        current = None
+    def __init__(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        self.work, self.inputs = copy.deepcopy(model), inputs
+        self.graph = build_graph(self.work, inputs)
+        self.expected = self.forward()
+        self.failed: dict[str, str] = {}
+
+    def forward(self) -> list[tuple[int, ...]]:
+        with preserved_modes(self.work), torch.no_grad():
+            self.work.eval()
+            return _output_shapes(self.work(self.inputs))
+
+    def cut_half(self, group: ChannelGroup) -> None:
+        """Cut every other unit of `group` (each chunk of a split loses some)."""
+        whole = [[i] for i in range(group.size)]
+        units = channel_units(self.work, self.graph, group.name) if group.unit > 1 else whole
+        if not units:
+            raise ValueError("no unit of channels can be removed")
+        prune_step(self.work, self.graph, [group.name, True, [i for u in units[::2] for i in u]], rollback=False)
+
+    def check(self, batch: Sequence[ChannelGroup]) -> None:
+        """Cut `batch` together and check the output shapes; on failure, check the group whose cut raised alone
+        and the others in halves. The copy is restored after each check."""
+        snapshot, current = CutSnapshot(self.work, self.graph), None
         try:
             for current in batch:
-                whole = [[i] for i in range(current.size)]
-                units = channel_units(work, graph, current.name) if current.unit > 1 else whole
-                if not units:
-                    raise ValueError("no unit of channels can be removed")
-                take = [i for u in units[::2] for i in u]  # every other one: each chunk of a split loses some
-                prune_step(work, graph, [current.name, True, take], rollback=False)
+                self.cut_half(current)
             current = None
-            got = forward()
-            if got != expected:
-                raise ValueError(f"the output shape changes from {expected} to {got}")
+            got = self.forward()
+            if got != self.expected:
+                raise ValueError(f"the output shape changes from {self.expected} to {got}")
         except Exception as err:  # noqa: BLE001 - every failure is a reason to skip the group
             if len(batch) == 1:
-                failed[batch[0].name] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+                self.failed[batch[0].name] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
                 return
             snapshot.restore()
-            # the group whose cut raised is checked alone first; the others in halves
             alone = [g for g in batch if g is current]
             rest = [g for g in batch if g is not current]
             for part in (alone, rest[: len(rest) // 2], rest[len(rest) // 2 :]):
                 if part:
-                    check(part)
+                    self.check(part)
         finally:
             snapshot.restore()
-
-    check(list(groups))
-    return [g for g in groups if g.name not in failed], failed
 
 
 def _output_shapes(out: Any) -> list[tuple[int, ...]]:
