@@ -273,7 +273,8 @@ def group_importance(
     """Per root channel of each group, the summed importance of the coupled filters of its scored layers."""
     result = {}
     for name, maps in group_maps.items():
-        terms = [scores[m][idx.cpu()] for m, idx in maps if m in scores]
+        # an index of the module's width marks a root channel that does not reach it: it adds nothing
+        terms = [torch.cat([scores[m], scores[m].new_zeros(1)])[idx.cpu()] for m, idx in maps if m in scores]
         result[name] = torch.stack(terms).sum(0)
     return result
 
@@ -393,9 +394,10 @@ class GroupScorer(CandidateScorer):
         scales: dict[nn.Module, torch.Tensor] = {}
         for name, keep in keeps.items():
             for module, idx in self.group_maps[name]:
-                scale = scales.setdefault(module, torch.ones(out_channels(module), device=idx.device))
+                # one slot past the channels: an index of `out_channels` marks a root channel not reaching `module`
+                scale = scales.setdefault(module, torch.ones(out_channels(module) + 1, device=idx.device))
                 scale[idx[~keep.to(device=idx.device, dtype=torch.bool)]] = 0.0
-        self._pending = scales
+        self._pending = {module: scale[:-1] for module, scale in scales.items()}
         try:  # not remembered: the one-group key `accuracy` remembers by cannot tell these masks apart
             return self._forward_accuracy(torch.ones(self.size, dtype=torch.bool))
         finally:

@@ -587,3 +587,21 @@ def test_concatenated_branches_are_masked_like_the_physical_cut() -> None:
             for cache in (True, False):
                 with CandidateScorer(model, maps, batches, cache=cache) as scorer:
                     assert scorer.accuracy(keep) == expected, (group.name, cache)
+
+
+def test_the_distribution_search_scores_and_ranks_concatenated_branches() -> None:
+    # DistributionPruneCallback indexed the same maps directly (IndexError on ghost / mixnet blocks).
+    from lightning_prune.search.distribution import GroupScorer, filter_scores, group_importance, keep_mask
+
+    model = _randomized(_Ghost())
+    batches = _batches(model)
+    graph = surgery.build_graph(model, EXAMPLE)
+    groups = surgery.channel_groups(model, graph, EXAMPLE)
+    maps = {g.name: surgery.output_channel_maps(model, graph, g.name) for g in groups}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    importance = group_importance(maps, filter_scores(model, convs, "l1"))
+    assert all(len(importance[g.name]) == g.size for g in groups)
+    with GroupScorer(model, maps, batches) as scorer:
+        for group in groups:
+            keep = keep_mask(group.size, [0])
+            assert math.isfinite(scorer.accuracy_of({group.name: keep}))
