@@ -36,6 +36,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch_pruning.dependency import index_mapping as _tp_index_mapping
+from torch_pruning.dependency.group import Group as _TpGroup
 
 #: One step of a pruning history, as torch-pruning records it: [layer name, is_out_channels, removed indices].
 Step = list
@@ -166,6 +167,32 @@ def _tolerant_reshape_mapping(graph: _Graph) -> Iterator[None]:
         _tp_index_mapping.update_reshape_index_mapping = original
 
 
+#: Coupled items a group may hold per node of the graph before its traversal counts as not converging.
+MAX_ITEMS_PER_NODE = 8
+
+
+@contextmanager
+def _bounded_groups(limit: int) -> Iterator[None]:
+    """torch-pruning's group traversal re-adds a dependency whenever its indices differ from those seen; around a
+    partial residual (`x[:, :C] += shortcut`, ReXNet) the indices never settle and the traversal never ends. Stop
+    a group at `limit` items with an error naming the cause (the group is then left whole)."""
+    original = _TpGroup.add_dep
+
+    def add_dep(group: Any, dep: Any, idxs: Any) -> None:
+        if len(group.items) >= limit:
+            raise RuntimeError(
+                f"the dependency graph does not converge on it (over {limit} coupled items: a residual that adds "
+                "to a slice of the channels, such as x[:, :C] += y)"
+            )
+        original(group, dep, idxs)
+
+    _TpGroup.add_dep = add_dep
+    try:
+        yield
+    finally:
+        _TpGroup.add_dep = original
+
+
 class _Graph(tp.DependencyGraph):
     """A dependency graph that survives channel shuffles and knows the shapes around every reshape."""
 
@@ -191,7 +218,7 @@ class _Graph(tp.DependencyGraph):
 
     def get_pruning_group(self, module: nn.Module, pruning_fn: Callable, idxs: Sequence[int]) -> Any:
         self.blocked_hits = set()
-        with _tolerant_reshape_mapping(self):
+        with _tolerant_reshape_mapping(self), _bounded_groups(MAX_ITEMS_PER_NODE * len(self.module2node)):
             group = super().get_pruning_group(module, pruning_fn, idxs)
         group.blocked_reshapes = self.blocked_hits
         return group
