@@ -44,8 +44,9 @@ import bsweep  # noqa: E402
 from lightning_prune import ImageClassifier  # noqa: E402
 from lightning_prune.engine import data, surgery  # noqa: E402
 from lightning_prune.engine.cost import model_cost  # noqa: E402
+from lightning_prune.engine.importance import CRITERIA, Criterion, filter_scores  # noqa: E402
 from lightning_prune.engine.scoring import Batch  # noqa: E402
-from lightning_prune.search.distribution import CRITERIA, Criterion, filter_scores, removed_filters  # noqa: E402
+from lightning_prune.search.distribution import removed_filters  # noqa: E402
 
 
 def cut_to_counts(

@@ -16,17 +16,15 @@ from lightning_prune.callbacks.base import PruningCallback
 from lightning_prune.callbacks.options import DistributionOptions, check, is_number
 from lightning_prune.callbacks.session import Session
 from lightning_prune.engine import surgery
-from lightning_prune.engine.cost import model_cost
+from lightning_prune.engine.cost import CostModel, model_cost
+from lightning_prune.engine.importance import filter_scores, group_importance
 from lightning_prune.engine.metric import MetricSpec
+from lightning_prune.engine.scoring import GroupScorer
 from lightning_prune.io import tracking
 from lightning_prune.search.distribution import (
-    CostModel,
     DistributionSearch,
-    GroupScorer,
     allocate,
     allocate_for,
-    filter_scores,
-    group_importance,
     keep_mask,
     q_score,
     removed_filters,

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from lightning_prune.engine.importance import CRITERIA
 from lightning_prune.engine.metric import Unpack
-from lightning_prune.search.distribution import CRITERIA
 from lightning_prune.search.reward import REWARDS
 
 

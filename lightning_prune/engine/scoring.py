@@ -26,7 +26,7 @@ from the group's first layer on.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -272,3 +272,56 @@ def finite(preds: Any) -> bool:
 def finite_or_nan(value: float) -> float:
     """`value`, or NaN when it is infinite (every non-finite score reads the same)."""
     return float(value) if math.isfinite(value) else math.nan
+
+
+class GroupScorer(CandidateScorer):
+    """`CandidateScorer` removing channels of several groups at once: `accuracy_of({group name: keep mask})`.
+
+    A sample touches most groups, so nothing before its first masked layer is worth caching: candidates run
+    the full forward with the groups' output channels masked by `CandidateScorer`'s forward hooks.
+
+    Args:
+        model: the network (modified only transiently).
+        group_maps: per group name, its `surgery.output_channel_maps`.
+        batches: validation batches `(x, y)` already on the model's device.
+        forward_context: the Trainer precision's forward context (autocast), or None.
+        calibration: training inputs on which each sample re-estimates the statistics of the BatchNorm layers
+            from the first masked layer on before it is scored (empty: scored with the model's statistics).
+        score: what a sample is scored on (None: top-1 accuracy).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        group_maps: Mapping[str, Sequence[tuple[nn.Module, torch.Tensor]]],
+        batches: Sequence[Batch],
+        forward_context: Callable[[], AbstractContextManager] | None = None,
+        calibration: Sequence[torch.Tensor] = (),
+        score: Score | None = None,
+    ) -> None:
+        unique = {m: idx for maps in group_maps.values() for m, idx in maps}
+        super().__init__(
+            model, list(unique.items()), batches, forward_context, cache=False, calibration=calibration, score=score
+        )
+        self.group_maps = {
+            name: [(m, idx.to(next(iter(m.parameters()), idx).device)) for m, idx in maps]
+            for name, maps in group_maps.items()
+        }
+        self._pending: dict[nn.Module, torch.Tensor] = {}
+
+    def _apply(self, keep: torch.Tensor) -> None:
+        self._scales = self._pending  # the masks come from `accuracy_of`, not from the one-group `keep`
+
+    def accuracy_of(self, keeps: Mapping[str, torch.Tensor]) -> float:
+        """The score (points) with the channels where each group's keep mask is False removed."""
+        scales: dict[nn.Module, torch.Tensor] = {}
+        for name, keep in keeps.items():
+            for module, idx in self.group_maps[name]:
+                # one slot past the channels: an index of `out_channels` marks a root channel not reaching `module`
+                scale = scales.setdefault(module, torch.ones(out_channels(module) + 1, device=idx.device))
+                scale[idx[~keep.to(device=idx.device, dtype=torch.bool)]] = 0.0
+        self._pending = {module: scale[:-1] for module, scale in scales.items()}
+        try:  # not remembered: the one-group key `accuracy` remembers by cannot tell these masks apart
+            return self._forward_accuracy(torch.ones(self.size, dtype=torch.bool))
+        finally:
+            self._pending = {}

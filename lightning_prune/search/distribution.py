@@ -8,27 +8,19 @@ distribution instead), turns each into per-group counts, scores it with
 samples in an elite buffer and moves the distribution toward the elites' mean with a clipped step (before
 renormalising, no entry changes by more than a factor `1 +- clip`). Epsilon decays with every update.
 
-Evaluating a sample needs three more pieces, also here: which filters a count removes inside a group
-(`filter_scores`, `group_importance`, `removed_filters`), what the counts save (`CostModel`), and the accuracy
-with several groups masked at once (`GroupScorer`).
+Which filters a count removes inside a group is `removed_filters` of the importance that
+`engine.importance` computes; what the counts save is `engine.cost.CostModel`; the accuracy with several groups
+masked at once is `engine.scoring.GroupScorer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
-
-from lightning_prune.engine.data import Batch
-from lightning_prune.engine.metric import Score
-from lightning_prune.engine.scoring import CandidateScorer
-from lightning_prune.engine.surgery import out_channels, preserved_modes
 
 Criterion = Literal["l1", "taylor"]
 CRITERIA: tuple[str, ...] = ("l1", "taylor")
@@ -226,57 +218,7 @@ class DistributionSearch:
         self.updates_done = int(state["updates_done"])
 
 
-# -- which filters inside a group ----------------------------------------------------------------------------
-
-
-def filter_scores(
-    model: nn.Module,
-    convs: Sequence[nn.Conv2d],
-    criterion: Criterion,
-    batches: Sequence[Batch] = (),
-    forward_context: Callable[[], AbstractContextManager] | None = None,
-) -> dict[nn.Module, torch.Tensor]:
-    """Importance of every output filter of `convs` (float32, CPU).
-
-    "l1": the L1 norm of the filter's weights. "taylor": first-order Taylor `sum |w * dL/dw|` over the filter,
-    accumulated over `batches` (cross-entropy, eval mode; `.grad` and `requires_grad` are left untouched).
-    """
-    if criterion == "l1":
-        return {c: c.weight.detach().abs().flatten(1).sum(1).float().cpu() for c in convs}
-    if criterion != "taylor":
-        raise ValueError(f"criterion={criterion!r} is unknown: use one of {CRITERIA}")
-    weights = [c.weight for c in convs]
-    totals = [torch.zeros(w.shape[0]) for w in weights]
-    flags = [w.requires_grad for w in weights]
-    context = forward_context or nullcontext
-    try:
-        with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():
-            model.eval()
-            for w in weights:
-                w.requires_grad_(True)
-            for x, y in batches:
-                with context():
-                    loss = F.cross_entropy(model(x).float(), y)
-                grads = torch.autograd.grad(loss, weights, allow_unused=True)
-                for total, w, g in zip(totals, weights, grads, strict=True):
-                    if g is not None:
-                        total += (w.detach() * g).abs().flatten(1).sum(1).float().cpu()
-    finally:
-        for w, flag in zip(weights, flags, strict=True):
-            w.requires_grad_(flag)
-    return dict(zip(convs, totals, strict=True))
-
-
-def group_importance(
-    group_maps: Mapping[str, ChannelMaps], scores: Mapping[nn.Module, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Per root channel of each group, the summed importance of the coupled filters of its scored layers."""
-    result = {}
-    for name, maps in group_maps.items():
-        # an index of the module's width marks a root channel that does not reach it: it adds nothing
-        terms = [torch.cat([scores[m], scores[m].new_zeros(1)])[idx.cpu()] for m, idx in maps if m in scores]
-        result[name] = torch.stack(terms).sum(0)
-    return result
+# -- which filters a count removes -------------------------------------------------------------------------
 
 
 def removed_filters(importance: torch.Tensor, count: int) -> list[int]:
@@ -288,117 +230,3 @@ def keep_mask(size: int, removed: Sequence[int]) -> torch.Tensor:
     keep = torch.ones(size, dtype=torch.bool)
     keep[list(removed)] = False
     return keep
-
-
-# -- what counts save --------------------------------------------------------------------------------------
-
-
-def _in_channels(module: nn.Module) -> int:
-    return int(getattr(module, "in_channels", getattr(module, "in_features", 0)))
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """MACs and params of a model as a function of the root channels removed from each group.
-
-    Each layer's cost (torch-pruning's per-layer count, the one `measure.model_cost` sums) scales with the
-    fraction of its output channels kept times the fraction of its input channels kept. Layers no group
-    touches as a module (activations, pooling) keep their cost, so a saving is slightly underestimated.
-    """
-
-    macs: torch.Tensor  # (layers,)
-    params: torch.Tensor  # (layers,)
-    out_share: torch.Tensor  # (layers, groups): fraction of a layer's outputs one root channel of a group removes
-    in_share: torch.Tensor  # (layers, groups): same for its inputs
-
-    @classmethod
-    def of(cls, model: nn.Module, graph: tp.DependencyGraph, names: Sequence[str], inputs: torch.Tensor) -> CostModel:
-        """Read the current per-layer costs and each group's coupled layers from the dependency graph."""
-        with preserved_modes(model):
-            _, _, layer_macs, layer_params = tp.utils.count_ops_and_params(model, inputs[:1], layer_wise=True)
-        layers = [m for m in model.modules() if not list(m.children())]
-        row = {m: i for i, m in enumerate(layers)}
-        out_share = torch.zeros(len(layers), len(names), dtype=torch.float64)
-        in_share = torch.zeros_like(out_share)
-        for g, name in enumerate(names):
-            root = model.get_submodule(name)
-            size = out_channels(root)
-            prune_out = graph.get_pruner_of_module(root).prune_out_channels
-            group = graph.get_pruning_group(root, prune_out, list(range(size)))
-            for item in group.items:
-                module = item.dep.target.module
-                if module not in row:
-                    continue
-                per_root = len(item.idxs) / size
-                if item.dep.handler.__name__ == "prune_out_channels":
-                    out_share[row[module], g] += per_root / out_channels(module)
-                elif not (isinstance(module, nn.Conv2d) and module.groups > 1) and _in_channels(module):
-                    in_share[row[module], g] += per_root / _in_channels(module)
-        return cls(
-            macs=torch.tensor([float(layer_macs.get(m) or 0) for m in layers], dtype=torch.float64),
-            params=torch.tensor([float(layer_params.get(m) or 0) for m in layers], dtype=torch.float64),
-            out_share=out_share,
-            in_share=in_share,
-        )
-
-    def cost(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(MACs, params) after removing `counts` root channels per group; `counts` is (groups,) or (k, groups)."""
-        counts = counts.double()
-        kept = (1 - counts @ self.out_share.T).clamp(min=0) * (1 - counts @ self.in_share.T).clamp(min=0)
-        return kept @ self.macs, kept @ self.params
-
-
-# -- accuracy with several groups masked ----------------------------------------------------------------------
-
-
-class GroupScorer(CandidateScorer):
-    """`CandidateScorer` removing channels of several groups at once: `accuracy_of({group name: keep mask})`.
-
-    A sample touches most groups, so nothing before its first masked layer is worth caching: candidates run
-    the full forward with the groups' output channels masked by `CandidateScorer`'s forward hooks.
-
-    Args:
-        model: the network (modified only transiently).
-        group_maps: per group name, its `surgery.output_channel_maps`.
-        batches: validation batches `(x, y)` already on the model's device.
-        forward_context: the Trainer precision's forward context (autocast), or None.
-        calibration: training inputs on which each sample re-estimates the statistics of the BatchNorm layers
-            from the first masked layer on before it is scored (empty: scored with the model's statistics).
-        score: what a sample is scored on (None: top-1 accuracy).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        group_maps: Mapping[str, ChannelMaps],
-        batches: Sequence[Batch],
-        forward_context: Callable[[], AbstractContextManager] | None = None,
-        calibration: Sequence[torch.Tensor] = (),
-        score: Score | None = None,
-    ) -> None:
-        unique = {m: idx for maps in group_maps.values() for m, idx in maps}
-        super().__init__(
-            model, list(unique.items()), batches, forward_context, cache=False, calibration=calibration, score=score
-        )
-        self.group_maps = {
-            name: [(m, idx.to(next(iter(m.parameters()), idx).device)) for m, idx in maps]
-            for name, maps in group_maps.items()
-        }
-        self._pending: dict[nn.Module, torch.Tensor] = {}
-
-    def _apply(self, keep: torch.Tensor) -> None:
-        self._scales = self._pending  # the masks come from `accuracy_of`, not from the one-group `keep`
-
-    def accuracy_of(self, keeps: Mapping[str, torch.Tensor]) -> float:
-        """The score (points) with the channels where each group's keep mask is False removed."""
-        scales: dict[nn.Module, torch.Tensor] = {}
-        for name, keep in keeps.items():
-            for module, idx in self.group_maps[name]:
-                # one slot past the channels: an index of `out_channels` marks a root channel not reaching `module`
-                scale = scales.setdefault(module, torch.ones(out_channels(module) + 1, device=idx.device))
-                scale[idx[~keep.to(device=idx.device, dtype=torch.bool)]] = 0.0
-        self._pending = {module: scale[:-1] for module, scale in scales.items()}
-        try:  # not remembered: the one-group key `accuracy` remembers by cannot tell these masks apart
-            return self._forward_accuracy(torch.ones(self.size, dtype=torch.bool))
-        finally:
-            self._pending = {}

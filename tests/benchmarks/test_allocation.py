@@ -12,7 +12,7 @@ from helpers import fast_trainer, load_benchmark, tiny_classifier, tiny_data
 from lightning_prune import ImageClassifier
 from lightning_prune.engine import surgery
 from lightning_prune.engine.cost import model_cost
-from lightning_prune.search.distribution import filter_scores
+from lightning_prune.engine.importance import filter_scores
 
 
 @pytest.fixture(scope="module")

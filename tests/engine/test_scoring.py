@@ -591,7 +591,9 @@ def test_concatenated_branches_are_masked_like_the_physical_cut() -> None:
 
 def test_the_distribution_search_scores_and_ranks_concatenated_branches() -> None:
     # DistributionPruneCallback indexed the same maps directly (IndexError on ghost / mixnet blocks).
-    from lightning_prune.search.distribution import GroupScorer, filter_scores, group_importance, keep_mask
+    from lightning_prune.engine.importance import filter_scores, group_importance
+    from lightning_prune.engine.scoring import GroupScorer
+    from lightning_prune.search.distribution import keep_mask
 
     model = _randomized(_Ghost())
     batches = _batches(model)

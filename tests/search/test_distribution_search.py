@@ -11,18 +11,16 @@ from torch import nn
 
 from lightning_prune.engine import surgery
 from lightning_prune.engine.batchnorm import reestimate_batchnorm
-from lightning_prune.engine.cost import model_cost
+from lightning_prune.engine.cost import CostModel, model_cost
+from lightning_prune.engine.importance import filter_scores, group_importance
+from lightning_prune.engine.scoring import GroupScorer
 from lightning_prune.search.distribution import (
-    CostModel,
     DistributionSearch,
     Elite,
     EliteBuffer,
-    GroupScorer,
     allocate,
     allocate_for,
     clipped_step,
-    filter_scores,
-    group_importance,
     initial_distribution,
     keep_mask,
     q_score,
