@@ -233,8 +233,9 @@ class RLPruneCallback(PruningCallback):
         first = self.probes[0]["readings"] if self.probes else [[r.drop, r.se] for r in readings]
         share = level.recovery(first[0][0], first[1][0], cycle, remaining)
         predicted, se = level.predicted_reading(readings[0], share)
-        probe = {"ratio": ratio, "macs_removed": macs_removed, "cycles": lengths, "readings": [[r.drop, r.se] for r in
-                 readings], "recovery": share, "predicted": predicted, "se": se}  # fmt: skip
+        pairs = [[r.drop, r.se] for r in readings]
+        probe = {"ratio": ratio, "macs_removed": macs_removed, "cycles": lengths, "readings": pairs}
+        probe.update(recovery=share, predicted=predicted, se=se)
         if not math.isfinite(probe["predicted"]):
             rank_zero_warn(
                 f"RLPruneCallback: the network cut to ratio {ratio:.3f} ({', '.join(self.groups)}) scores non-finite "
